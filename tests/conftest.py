@@ -1,0 +1,44 @@
+"""Shared fixtures.
+
+Redis: when `REDIS_URL` is set (CI sets it) tests use that real server, on a
+database flushed before each test; otherwise they use an isolated in-process
+fakeredis server, so a machine with only Python runs the suite.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+import redis
+
+from worker.clock import FakeClock
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The real Redis URL for this run, or "" for the embedded default."""
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    """A bytes-mode Redis client on an empty database."""
+    if REDIS_URL:
+        client: redis.Redis = redis.Redis.from_url(REDIS_URL)
+        client.flushdb()
+    else:
+        client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    yield client
+    if REDIS_URL:
+        client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

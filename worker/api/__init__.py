@@ -1,0 +1,1 @@
+"""The Conversations API: records, query encoding, the HTTP client and its errors."""

@@ -1,0 +1,27 @@
+"""The `inboxpilot` command line. Each command group lives in its own module;
+this package only builds the Typer app and wires them in."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="inboxpilot",
+    help="The automation worker for the Conversations API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """inboxpilot: routing, SLA escalation and follow-ups for the Conversations API."""
+
+
+# Command modules register themselves on `app` when imported.
+from worker.cli import common  # noqa: E402,F401
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,36 @@
+"""Helpers shared by commands: settings loading with a clean exit, logging set-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from worker.cli import app
+from worker.config import Settings, SettingsError, load_settings
+from worker.logs import configure_logging
+
+
+def settings_or_exit(**overrides: Any) -> Settings:
+    """Load settings; on a bad value print one line per problem and exit 2."""
+    try:
+        settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        for line in str(exc).splitlines():
+            typer.echo(f"inboxpilot: {line}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(
+        settings.log_level,
+        settings.log_format,
+        secrets=[settings.api_token.get_secret_value()],
+    )
+    return settings
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print the effective settings (the token masked) and exit."""
+    import json
+
+    settings = settings_or_exit()
+    typer.echo(json.dumps(settings.public_dict(), indent=2))
