@@ -1,0 +1,203 @@
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import redis
+
+from worker.clock import FakeClock
+from worker.ledger import (
+    AUDIT_STREAM,
+    ENTRY_PREFIX,
+    Ledger,
+    firing_key,
+    read_audit,
+    split_firing_key,
+)
+
+TTL_S = 3600
+
+
+def make(redis_client: redis.Redis, clock: FakeClock, **kwargs: object) -> Ledger:
+    return Ledger(redis_client, clock, ttl_s=TTL_S, redrive_after_s=60, **kwargs)  # type: ignore[arg-type]
+
+
+def test_firing_key_round_trip() -> None:
+    key = firing_key("sla", 42, "msg:abc")
+    assert key == "sla:42:msg:abc"
+    assert split_firing_key(key) == ("sla", "42")
+
+
+def test_only_the_first_claim_wins(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock)
+    assert ledger.claim("r1:7:s", {"action": "assign", "to": 3}, owner="a")
+    assert not ledger.claim("r1:7:s", {"action": "assign", "to": 4}, owner="b")
+    entry = ledger.get("r1:7:s")
+    assert entry is not None
+    assert entry.state == "pending"
+    assert entry.payload == {"action": "assign", "to": 3}
+    assert entry.owner == "a"
+    assert (entry.rule_id, entry.conversation_id) == ("r1", "7")
+    assert entry.claimed_at == clock.now()
+
+
+def test_concurrent_claims_have_one_winner(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock)
+    wins: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def contend() -> None:
+        barrier.wait()
+        wins.append(ledger.claim("r:1:x", {}))
+
+    threads = [threading.Thread(target=contend) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == [False] * 7 + [True]
+
+
+def test_attempts_and_done(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock)
+    assert ledger.begin_attempt("r:1:x") is None  # never claimed: do not act
+    ledger.claim("r:1:x", {"a": 1})
+    assert ledger.begin_attempt("r:1:x") == 1
+    assert ledger.begin_attempt("r:1:x") == 2
+    assert not ledger.is_done("r:1:x")
+    assert ledger.mark_done("r:1:x", {"status": 201})
+    assert not ledger.mark_done("r:1:x", {"status": 201}), "second finish must be a no-op"
+    assert not ledger.mark_failed("r:1:x", "late")
+    assert ledger.is_done("r:1:x")
+    assert ledger.begin_attempt("r:1:x") is None
+    entry = ledger.get("r:1:x")
+    assert entry is not None
+    assert (entry.state, entry.attempts, entry.outcome) == ("done", 2, {"status": 201})
+
+
+def test_failed_records_reason_and_can_be_reopened(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock)
+    ledger.claim("r:1:x", {})
+    assert ledger.mark_failed("r:1:x", "outside_24h_window")
+    entry = ledger.get("r:1:x")
+    assert entry is not None and (entry.state, entry.reason) == ("failed", "outside_24h_window")
+    assert ledger.reopen("r:1:x")
+    assert ledger.begin_attempt("r:1:x") == 1
+    assert ledger.pending_count() == 1
+
+
+def test_audit_has_one_line_per_final_outcome(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock)
+    for i in range(3):
+        ledger.claim(f"r:{i}:x", {})
+    ledger.mark_done("r:0:x", {"id": "m1"})
+    ledger.mark_done("r:0:x", {"id": "m1"})
+    ledger.mark_failed("r:1:x", "422")
+    audit = read_audit(redis_client)
+    assert [(a["key"], a["state"]) for a in audit] == [("r:0:x", "done"), ("r:1:x", "failed")]
+    assert audit[0]["outcome"] == '{"id":"m1"}'
+    assert audit[1]["reason"] == "422"
+    assert audit[1]["rule_id"] == "r" and audit[1]["conversation_id"] == "1"
+
+
+def test_audit_stream_is_capped(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock, audit_maxlen=10)
+    for i in range(500):
+        ledger.claim(f"r:{i}:x", {})
+        ledger.mark_done(f"r:{i}:x")
+    # MAXLEN ~ trims by whole radix-tree nodes: bounded, not exact.
+    assert redis_client.xlen(AUDIT_STREAM) < 500
+
+
+def test_stuck_claim_is_redriven_until_finished(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock)
+    ledger.claim("r:1:x", {"reply": "hi"})
+    ledger.claim("r:2:x", {"reply": "yo"})
+    ledger.mark_done("r:2:x")
+    assert ledger.due_redrives() == []
+    clock.advance(61)
+    assert ledger.due_redrives() == [("r:1:x", {"reply": "hi"})]
+    assert ledger.due_redrives() == [], "a re-driven claim is rescheduled, not handed out twice"
+    clock.advance(61)
+    assert ledger.due_redrives() == [("r:1:x", {"reply": "hi"})]
+    ledger.mark_done("r:1:x")
+    clock.advance(61)
+    assert ledger.due_redrives() == []
+    assert ledger.pending_count() == 0
+
+
+def test_begin_attempt_postpones_redrive(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock)
+    ledger.claim("r:1:x", {})
+    clock.advance(50)
+    ledger.begin_attempt("r:1:x")
+    clock.advance(50)
+    assert ledger.due_redrives() == []
+    clock.advance(11)
+    assert [k for k, _ in ledger.due_redrives()] == ["r:1:x"]
+
+
+def test_redrive_limit_fails_the_firing(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock, max_redrives=2)
+    ledger.claim("r:1:x", {})
+    handed = 0
+    for _ in range(4):
+        clock.advance(61)
+        handed += len(ledger.due_redrives())
+    assert handed == 2
+    entry = ledger.get("r:1:x")
+    assert entry is not None and (entry.state, entry.reason) == ("failed", "redrive_limit")
+    assert read_audit(redis_client)[-1]["reason"] == "redrive_limit"
+
+
+def test_redrive_respects_limit_argument(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock)
+    for i in range(5):
+        ledger.claim(f"r:{i}:x", {"i": i})
+    clock.advance(61)
+    first = ledger.due_redrives(limit=3)
+    rest = ledger.due_redrives(limit=3)
+    assert len(first) == 3 and len(rest) == 2
+    assert {k for k, _ in first} | {k for k, _ in rest} == {f"r:{i}:x" for i in range(5)}
+
+
+def test_expired_entry_leaves_the_redrive_set(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock)
+    ledger.claim("r:1:x", {})
+    redis_client.delete(ENTRY_PREFIX + "r:1:x")  # what the TTL does
+    clock.advance(61)
+    assert ledger.due_redrives() == []
+    assert ledger.pending_count() == 0
+
+
+def test_entries_expire_after_ttl(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock)
+    ledger.claim("r:1:x", {})
+    assert 0 < redis_client.ttl(ENTRY_PREFIX + "r:1:x") <= TTL_S
+    ledger.mark_done("r:1:x")
+    assert 0 < redis_client.ttl(ENTRY_PREFIX + "r:1:x") <= TTL_S
+
+
+def test_caps_counters(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock)
+    ledger.claim("sla:1:a", {})
+    ledger.claim("sla:1:b", {})
+    ledger.claim("sla:1:b", {})  # lost claim: not counted
+    ledger.claim("sla:2:a", {})
+    assert ledger.count_for("sla", 1) == 2
+    assert ledger.count_for("sla", 2) == 1
+    assert ledger.count_for("other", 1) == 0
+    assert ledger.count_last_hour("sla") == 3
+    clock.advance(timedelta(minutes=40))
+    ledger.claim("sla:3:a", {})
+    assert ledger.count_last_hour("sla") == 4
+    clock.advance(timedelta(minutes=21))
+    assert ledger.count_last_hour("sla") == 1
+
+
+def test_explicit_rule_and_conversation(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock)
+    ledger.claim("opaque-key", {}, rule_id="route", conversation_id=9)
+    assert ledger.count_for("route", 9) == 1
+    entry = ledger.get("opaque-key")
+    assert entry is not None and entry.rule_id == "route"
