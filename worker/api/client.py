@@ -1,0 +1,391 @@
+"""The Conversations API client: httpx, bearer auth, rate limit, read retries, typed errors.
+
+Reads (GET) are retried with exponential backoff and jitter on connection
+errors, timeouts, 5xx and 429 (honouring `Retry-After`). Writes are never
+retried here: their error says whether they `maybe_applied`, and the caller
+decides (read back, then resend or not). Failed *connects* are retried by
+`httpx.HTTPTransport(retries=...)`, which is safe for writes because nothing
+was sent. All waiting goes through the injected clock, so tests never sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from worker.api.errors import ApiError, MalformedResponse, RateLimited, TransportError, from_response
+from worker.api.models import Page
+from worker.api.query import encode_query
+from worker.api.ratelimit import TokenBucket
+from worker.clock import Clock, SystemClock
+from worker.config import MAX_PAGE_SIZE, Settings
+from worker.logs import get_logger, register_secret
+
+log = get_logger(__name__)
+
+ResponseHook = Callable[[str, str, int, float], None]
+"""on_response(service, method, status, seconds); status 0 means no HTTP answer."""
+
+RecordT = TypeVar("RecordT", bound=BaseModel)
+
+READ_METHODS = frozenset({"GET", "HEAD"})
+CONNECT_RETRIES = 2
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 30.0
+MAX_RETRY_AFTER_S = 120.0
+# Errors raised before any byte of the request left: a write cannot have been applied.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+class ApiClient:
+    """Synchronous client for one organization's token; safe to share between threads."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: SecretStr | str,
+        organization_id: int,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+        read_retries: int = 4,
+        rate_limit_per_s: float = 20.0,
+        rate_burst: int = 20,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        on_response: ResponseHook | None = None,
+        backoff_base_s: float = BACKOFF_BASE_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
+        max_retry_after_s: float = MAX_RETRY_AFTER_S,
+    ) -> None:
+        self._token = token if isinstance(token, SecretStr) else SecretStr(token)
+        if not self._token.get_secret_value():
+            raise ValueError("ApiClient needs an API token (setting INBOXPILOT_API_TOKEN)")
+        if read_retries < 0:
+            raise ValueError(f"read_retries must be >= 0, got {read_retries}")
+        register_secret(self._token.get_secret_value())
+        self.base_url = base_url.rstrip("/")
+        self.organization_id = organization_id
+        self._clock: Clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._read_retries = read_retries
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
+        self._max_retry_after_s = max_retry_after_s
+        self._on_response = on_response
+        self._bucket = TokenBucket(rate_limit_per_s, rate_burst, self._clock)
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            transport=transport or httpx.HTTPTransport(retries=CONNECT_RETRIES),
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            headers={"Accept": "application/json", "User-Agent": "inboxpilot"},
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        clock: Clock | None = None,
+        transport: httpx.BaseTransport | None = None,
+        **overrides: Any,
+    ) -> ApiClient:
+        """Build the client from the one Settings object."""
+        options: dict[str, Any] = {
+            "timeout_s": settings.http_timeout_s,
+            "connect_timeout_s": settings.http_connect_timeout_s,
+            "read_retries": settings.read_retries,
+            "rate_limit_per_s": settings.rate_limit_per_s,
+            "rate_burst": settings.rate_burst,
+            **overrides,
+        }
+        return cls(
+            str(settings.api_url),
+            settings.api_token,
+            settings.organization_id,
+            transport=transport,
+            clock=clock,
+            **options,
+        )
+
+    def __repr__(self) -> str:
+        return f"ApiClient(base_url={self.base_url!r}, organization_id={self.organization_id!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # --- Feathers service methods -------------------------------------------------
+
+    def find_page(self, path: str, query: Mapping[str, Any] | None = None) -> Page:
+        """One `find`: the paginated envelope, as the server sent it (it may clamp `$limit`)."""
+        body = self.request("GET", path, query=query)
+        try:
+            return Page.model_validate(body)
+        except ValidationError as exc:
+            raise MalformedResponse(
+                f"expected a page {{total, limit, skip, data}}: {_first_error(exc)}",
+                method="GET",
+                path=path,
+            ) from None
+
+    def find_all(
+        self,
+        path: str,
+        query: Mapping[str, Any] | None = None,
+        *,
+        page_size: int = MAX_PAGE_SIZE,
+        sort: Mapping[str, int] | None = None,
+        id_key: str = "id",
+    ) -> Iterator[dict[str, Any]]:
+        """Every record matching `query`, page by page, each id at most once per pass.
+
+        The sort always ends on `id_key` so the order is total and pages neither
+        overlap nor leave gaps when records are inserted while paging. `$skip`
+        advances by the records actually received, since the server may clamp.
+        """
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}, got {page_size}")
+        base = dict(query or {})
+        for reserved in ("$limit", "$skip"):
+            if reserved in base:
+                raise ValueError(f"find_all sets {reserved} itself; use page_size instead")
+        order = _stable_sort(sort or base.pop("$sort", None), id_key)
+        seen: set[Any] = set()
+        skip = 0
+        while True:
+            page = self.find_page(path, {**base, "$sort": order, "$limit": page_size, "$skip": skip})
+            for record in page.data:
+                key = record.get(id_key)
+                if key is not None and key in seen:
+                    continue
+                seen.add(key)
+                yield record
+            skip += len(page.data)
+            if not page.data or skip >= page.total:
+                return
+
+    def find_all_as(
+        self, model: type[RecordT], path: str, query: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> Iterator[RecordT]:
+        """`find_all`, each record validated into `model`."""
+        for record in self.find_all(path, query, **kwargs):
+            yield parse_record(model, record, path)
+
+    def get(self, path: str, id: int | str, query: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return _expect_object(self.request("GET", f"{path}/{id}", query=query), "GET", path)
+
+    def create(
+        self, path: str, body: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        result = self.request("POST", path, json_body=body, idempotency_key=idempotency_key)
+        return _expect_object(result, "POST", path)
+
+    def patch(
+        self,
+        path: str,
+        id: int | str,
+        body: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        query: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        result = self.request(
+            "PATCH", f"{path}/{id}", query=query, json_body=body, idempotency_key=idempotency_key
+        )
+        return _expect_object(result, "PATCH", path)
+
+    def remove(self, path: str, id: int | str, query: Mapping[str, Any] | None = None) -> Any:
+        return self.request("DELETE", f"{path}/{id}", query=query)
+
+    # --- the request loop -------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
+        """Send one call; reads are retried on transient failures, writes never."""
+        method = method.upper()
+        path = "/" + path.lstrip("/")
+        attempt = 0
+        while True:
+            try:
+                return self._send(method, path, query, json_body, idempotency_key)
+            except ApiError as exc:
+                delay_s = self._retry_delay(method, exc, attempt)
+                if delay_s is None:
+                    raise
+                log.info(
+                    "api_retry_scheduled",
+                    method=method,
+                    path=path,
+                    status=exc.status,
+                    error=exc.name,
+                    attempt=attempt + 1,
+                    delay_s=round(delay_s, 3),
+                )
+                self._clock.sleep(delay_s)
+                attempt += 1
+
+    def _retry_delay(self, method: str, exc: ApiError, attempt: int) -> float | None:
+        """Seconds to wait before retrying, or None when the error must be raised."""
+        if method not in READ_METHODS or not exc.retryable or attempt >= self._read_retries:
+            return None
+        if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
+            # Waiting longer than this in a worker thread is worse than failing the task.
+            return exc.retry_after_s if exc.retry_after_s <= self._max_retry_after_s else None
+        ceiling = min(self._backoff_max_s, self._backoff_base_s * 2.0**attempt)
+        # "Equal jitter": at least half the backoff, the rest random, so threads hitting
+        # the same outage do not retry in lockstep.
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, Any] | None,
+        json_body: Mapping[str, Any] | None,
+        idempotency_key: str | None,
+    ) -> Any:
+        self._bucket.acquire()
+        headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
+        if idempotency_key is not None and method not in READ_METHODS:
+            headers["Idempotency-Key"] = idempotency_key
+        started = time.perf_counter()
+        try:
+            response = self._http.request(
+                method,
+                path,
+                params=tuple(encode_query(query)) if query else None,
+                json=dict(json_body) if json_body is not None else None,
+                headers=headers,
+            )
+        except httpx.RequestError as exc:
+            self._observe(method, path, 0, started)
+            raise _request_error(exc, method, path) from None
+        self._observe(method, path, response.status_code, started)
+        return self._decode(response, method, path)
+
+    def _decode(self, response: httpx.Response, method: str, path: str) -> Any:
+        status = response.status_code
+        if status >= 400 or status < 200:
+            raise from_response(
+                status,
+                response.content,
+                method=method,
+                path=path,
+                retry_after_s=self._parse_retry_after(response.headers.get("Retry-After")),
+            )
+        if not response.content.strip():
+            return None
+        try:
+            return json.loads(response.content)
+        except ValueError:
+            raise MalformedResponse(
+                f"answer {status} is not JSON ({response.headers.get('content-type', 'no content-type')})",
+                status=status,
+                method=method,
+                path=path,
+                maybe_applied=method not in READ_METHODS,
+            ) from None
+
+    def _parse_retry_after(self, value: str | None) -> float | None:
+        """Retry-After as seconds: either a number or an HTTP date."""
+        if not value:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when: datetime = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, (when - self._clock.now()).total_seconds())
+
+    def _observe(self, method: str, path: str, status: int, started: float) -> None:
+        seconds = time.perf_counter() - started
+        log.debug("api_request", method=method, path=path, status=status, ms=round(seconds * 1000, 1))
+        if self._on_response is None:
+            return
+        try:
+            self._on_response(service_of(path), method, status, seconds)
+        except Exception:  # a metrics hook must never break a call
+            log.warning("api_response_hook_failed", exc_info=True)
+
+
+def service_of(path: str) -> str:
+    """The service name of a path: `/conversations/12` -> `conversations`."""
+    return path.strip("/").split("/", 1)[0]
+
+
+def parse_record(model: type[RecordT], record: Any, path: str) -> RecordT:
+    """Validate one record, turning a shape mismatch into MalformedResponse."""
+    try:
+        return model.model_validate(record)
+    except ValidationError as exc:
+        raise MalformedResponse(
+            f"record is not a valid {model.__name__}: {_first_error(exc)}", path=path
+        ) from None
+
+
+def _stable_sort(sort: Any, id_key: str) -> dict[str, int]:
+    order = {str(k): int(v) for k, v in dict(sort or {}).items()}
+    # A unique key last makes the order total: ties would otherwise shuffle between pages.
+    order.setdefault(id_key, 1)
+    return order
+
+
+def _expect_object(body: Any, method: str, path: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise MalformedResponse(
+            f"expected a JSON object, got {type(body).__name__}",
+            method=method,
+            path=path,
+            maybe_applied=method not in READ_METHODS,
+        )
+    return body
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
+
+
+def _request_error(exc: httpx.RequestError, method: str, path: str) -> ApiError:
+    """The one place httpx's exceptions become ours."""
+    if isinstance(exc, httpx.DecodingError):
+        return MalformedResponse(
+            f"answer body could not be decoded: {exc}",
+            method=method,
+            path=path,
+            maybe_applied=method not in READ_METHODS,
+        )
+    sent = not isinstance(exc, _NOT_SENT)
+    kind = type(exc).__name__
+    return TransportError(
+        f"{kind}: {exc}" if str(exc) else kind,
+        name=kind,
+        method=method,
+        path=path,
+        maybe_applied=sent and method not in READ_METHODS,
+    )
