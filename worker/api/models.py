@@ -86,3 +86,29 @@ class Page(BaseModel):
     limit: int
     skip: int
     data: list[dict[str, Any]]
+
+
+class AutomationExecution(Record):
+    """An automation run; its id field is not fixed by the contract, so all fields are kept."""
+
+    id: int | str | None = Field(default=None, alias="_id")
+    automation_id: int | str | None = None
+    conversation_id: int | None = None
+    status: str | None = None
+
+
+class ConversationFile(Record):
+    """File metadata after an upload; `id` is the `conversation_file_id` a send may carry."""
+
+    id: str = Field(alias="_id")
+    conversation_id: int | None = None
+    file_name: str | None = None
+    s3_path: str | None = None
+
+
+class SignedUpload(Record):
+    """A signed URL to `PUT` a file to, with the key/path to record afterwards."""
+
+    url: str
+    s3_key: str | None = None
+    s3_path: str | None = None
