@@ -1,0 +1,107 @@
+"""dramatiq middleware of our own: log context per message, and dead-letter notice.
+
+Worker threads live for the whole process, and structlog's contextvars live
+with the thread: without a clear at the start *and* end of every message, one
+firing's key would leak into the next message's log lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+import structlog
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Middleware
+
+from worker.logs import get_logger, scrub
+from worker.metrics import DEAD_LETTERS
+
+log = get_logger(__name__)
+
+# The Redis broker dead-letters the message as it was enqueued, without the
+# error; we keep the (scrubbed) error next to it, expiring with it.
+DEAD_LETTER_ERROR_PREFIX = "inboxpilot:dead_letter_error:"
+MAX_ERROR_CHARS = 500
+
+# Where an actor's message may carry its firing key(s): kwargs first, then options.
+FIRING_KEY_FIELDS = ("firing_key", "firing_keys")
+
+
+def firing_context(message: MessageProxy) -> dict[str, Any]:
+    """The firing key(s) a message carries, as log context (empty when none)."""
+    context: dict[str, Any] = {}
+    for name in FIRING_KEY_FIELDS:
+        value = message.kwargs.get(name, message.options.get(name))
+        if value:
+            context[name] = value
+    return context
+
+
+class LogContext(Middleware):
+    """Bind message_id, actor, queue, retries and firing key(s) to structlog for one message."""
+
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            message_id=message.message_id,
+            actor=message.actor_name,
+            queue=message.queue_name,
+            retries=message.options.get("retries", 0),
+            **firing_context(message),
+        )
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        structlog.contextvars.clear_contextvars()
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        structlog.contextvars.clear_contextvars()
+
+
+def describe_error(exception: BaseException | None) -> str:
+    """One scrubbed line naming the error type and message ("" for none)."""
+    if exception is None:
+        return ""
+    return scrub(f"{type(exception).__name__}: {exception}")[:MAX_ERROR_CHARS]
+
+
+DeadLetterCallback = Callable[[MessageProxy], None]
+
+
+class DeadLetterNotice(Middleware):
+    """Count and log every dead-lettered message, and tell `on_dead_letter` (e.g. the ledger).
+
+    A message is dead-lettered (nacked) when its retries are exhausted, it
+    raised a `throws=` error, or AgeLimit dropped it. The callback lets the
+    loop record the firing's reason instead of waiting for the ledger re-drive.
+    """
+
+    def __init__(self, on_dead_letter: DeadLetterCallback | None = None) -> None:
+        self.on_dead_letter = on_dead_letter
+
+    def after_nack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        DEAD_LETTERS.labels(actor=message.actor_name).inc()
+        error = describe_error(message._exception)
+        log.warning(
+            "message_dead_lettered",
+            message_id=message.message_id,
+            actor=message.actor_name,
+            retries=message.options.get("retries", 0),
+            error=error,
+            **firing_context(message),
+        )
+        redis_id = message.options.get("redis_message_id")
+        if isinstance(broker, RedisBroker) and redis_id and error:
+            key = DEAD_LETTER_ERROR_PREFIX + str(redis_id)
+            broker.client.set(key, error, px=broker.dead_message_ttl)
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(message)
