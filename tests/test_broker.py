@@ -48,6 +48,11 @@ def broker(request: pytest.FixtureRequest) -> Iterator[dramatiq.Broker]:
     settings = Settings(broker_url=url) if kind == "rabbitmq" else Settings(redis_url=url)
     built = build_broker(settings, set_global=False)
     yield built
+    if kind == "rabbitmq":
+        # Test queues are durable on the shared server: remove them.
+        for queue in built.get_declared_queues() | built.get_declared_delay_queues():
+            for name in (queue, f"{queue.removesuffix('.DQ')}.XQ"):
+                built.channel.queue_delete(name)
     built.close()
 
 
