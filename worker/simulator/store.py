@@ -1,0 +1,287 @@
+"""The simulator's in-memory state and the rules of mutation.
+
+Records are plain dicts holding `datetime` objects; they become JSON only at
+the HTTP edge (`to_wire`). Every change to a conversation goes through
+`Store.change_conversation` so `updated_at` and the index can never disagree.
+Callers hold `Store.lock` (one lock around the whole store).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from worker.clock import Clock
+from worker.simulator.errors import BadRequest, not_found
+from worker.simulator.index import INDEX_ORDERS, UpdatedAtIndex
+from worker.simulator.query import RANGE_OPERATORS, FindParams, coerce, find_in, matches
+
+CHANNELS: tuple[str, ...] = ("whatsapp", "instagram", "messenger", "webchat", "sms", "playground")
+WINDOWED_CHANNELS = frozenset({"whatsapp", "instagram", "messenger"})
+PIPELINES: dict[int, tuple[int, ...]] = {1: (11, 12, 13, 14), 2: (21, 22, 23)}
+USERS: tuple[int, ...] = tuple(range(101, 111))
+AI_ASSISTANTS: tuple[int, ...] = (7, 8)
+
+Rec = dict[str, Any]
+
+
+def to_wire(value: Any) -> Any:
+    """JSON-ready copy: datetimes as ISO 8601 with milliseconds and `Z`."""
+    if isinstance(value, datetime):
+        utc = value.astimezone(UTC)
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    if isinstance(value, dict):
+        return {key: to_wire(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_wire(item) for item in value]
+    return value
+
+
+def truncate_ms(when: datetime) -> datetime:
+    """Stored times have millisecond precision, exactly what the wire shows."""
+    return when.astimezone(UTC).replace(microsecond=when.microsecond // 1000 * 1000)
+
+
+class Collection:
+    """Records of one service keyed by their id, with optional equality indexes."""
+
+    def __init__(self, name: str, id_field: str = "id", eq_indexes: Iterable[str] = ()) -> None:
+        self.name = name
+        self.id_field = id_field
+        self.records: dict[Any, Rec] = {}
+        self._eq: dict[str, dict[str, dict[Any, None]]] = {field: {} for field in eq_indexes}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def insert(self, record: Rec) -> Rec:
+        self.records[record[self.id_field]] = record
+        for field, index in self._eq.items():
+            index.setdefault(str(record.get(field)), {})[record[self.id_field]] = None
+        return record
+
+    def get(self, record_id: Any) -> Rec:
+        record = self.records.get(record_id)
+        if record is None:
+            raise not_found(self.name, record_id)
+        return record
+
+    def remove(self, record_id: Any) -> Rec:
+        record = self.get(record_id)
+        del self.records[record_id]
+        for field, index in self._eq.items():
+            index.get(str(record.get(field)), {}).pop(record_id, None)
+        return record
+
+    def clear(self) -> None:
+        self.records.clear()
+        for index in self._eq.values():
+            index.clear()
+
+    def candidates(self, filters: Mapping[str, Any]) -> Iterable[Rec]:
+        """Records that may match: narrowed by an equality index when the filter allows."""
+        for field, index in self._eq.items():
+            wanted = filters.get(field)
+            if isinstance(wanted, str | int) and not isinstance(wanted, bool):
+                ids = index.get(str(wanted), {})
+                return [self.records[record_id] for record_id in ids]
+        return self.records.values()
+
+    def find(self, params: FindParams) -> tuple[int, list[Rec]]:
+        return find_in(self.candidates(params.filters), params)
+
+
+class ConversationCollection(Collection):
+    """Conversations, with the `(updated_at, id)` index kept in step."""
+
+    def __init__(self) -> None:
+        super().__init__("conversations", "id")
+        self.index = UpdatedAtIndex()
+
+    def insert(self, record: Rec) -> Rec:
+        super().insert(record)
+        self.index.add((record["updated_at"], record["id"]))
+        return record
+
+    def load(self, records: Iterable[Rec]) -> None:
+        for record in records:
+            super().insert(record)
+        self.index.load((record["updated_at"], record["id"]) for record in self.records.values())
+
+    def remove(self, record_id: Any) -> Rec:
+        record = super().remove(record_id)
+        self.index.discard((record["updated_at"], record["id"]))
+        return record
+
+    def clear(self) -> None:
+        super().clear()
+        self.index = UpdatedAtIndex()
+
+    def set_updated_at(self, record: Rec, when: datetime) -> None:
+        self.index.discard((record["updated_at"], record["id"]))
+        record["updated_at"] = when
+        self.index.add((when, record["id"]))
+
+    def find(self, params: FindParams) -> tuple[int, list[Rec]]:
+        """Use the index for an updated_at range and/or an (updated_at, id) sort."""
+        filters = dict(params.filters)
+        condition = filters.get("updated_at")
+        ranged = isinstance(condition, dict) and condition and set(condition) <= RANGE_OPERATORS
+        reverse = INDEX_ORDERS.get(params.sort)
+        if not ranged and reverse is None:
+            return super().find(params)
+        lo, hi = self.index.bounds(self._range(condition) if ranged else {})
+        if ranged:
+            del filters["updated_at"]
+        if reverse is None:
+            slice_ = (self.records[rid] for rid in self.index.ids(lo, hi))
+            return find_in(slice_, FindParams(filters, params.sort, params.limit, params.skip))
+        return self._ordered_page(lo, hi, reverse, filters, params)
+
+    def _range(self, condition: Any) -> dict[str, datetime]:
+        sample = datetime.now(UTC)  # any datetime: tells `coerce` the field's type
+        bounds = {op: coerce("updated_at", raw, sample) for op, raw in condition.items()}
+        if any(not isinstance(value, datetime) for value in bounds.values()):
+            raise BadRequest("Invalid value for updated_at: expected an ISO 8601 date-time")
+        return bounds
+
+    def _ordered_page(
+        self, lo: int, hi: int, reverse: bool, filters: dict[str, Any], params: FindParams
+    ) -> tuple[int, list[Rec]]:
+        ids = self.index.ids(lo, hi, reverse=reverse)
+        if not filters:  # total is the range size; the page is a slice: O(log N + page)
+            page_ids = itertools.islice(ids, params.skip, params.skip + params.limit)
+            return hi - lo, [self.records[rid] for rid in page_ids]
+        total, page = 0, []
+        for rid in ids:
+            record = self.records[rid]
+            if not matches(record, filters):
+                continue
+            if params.skip <= total < params.skip + params.limit:
+                page.append(record)
+            total += 1
+        return total, page
+
+
+class Store:
+    """All collections, id counters, saved views, and the clock that stamps changes."""
+
+    def __init__(self, clock: Clock, organization_id: int) -> None:
+        self.clock = clock
+        self.organization_id = organization_id
+        self.lock = threading.RLock()
+        self.conversations = ConversationCollection()
+        self.messages = {
+            channel: Collection(f"conversation-messages-{channel}", "_id", ["conversation_id"])
+            for channel in CHANNELS
+        }
+        self.contacts = Collection("contacts")
+        self.predefined = Collection("conversation-predefined-messages")
+        self.executions = Collection("automations-executions", "_id", ["conversation_id"])
+        self.files = Collection("conversation-files", "_id")
+        self.uploads: dict[str, int] = {}
+        self.views: dict[int, dict[str, Any]] = {}
+        self._counters: dict[str, Iterator[int]] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        for collection in self.all_collections():
+            collection.clear()
+        self.uploads.clear()
+        self.views = default_views()
+        self._counters = {name: itertools.count(1) for name in ("id", "contact", "predefined", "object")}
+
+    def all_collections(self) -> list[Collection]:
+        fixed = [self.conversations, self.contacts, self.predefined, self.executions, self.files]
+        return fixed + list(self.messages.values())
+
+    def now(self) -> datetime:
+        return truncate_ms(self.clock.now())
+
+    def next_id(self, kind: str) -> int:
+        return next(self._counters[kind])
+
+    def next_object_id(self) -> str:
+        """MongoDB-looking `_id`: 24 hex digits, from a counter so runs are deterministic."""
+        return f"{next(self._counters['object']):024x}"
+
+    def bump_counters(self, *, conversation: int, contact: int, predefined: int, objects: int) -> None:
+        """After seeding: continue numbering after the seeded records."""
+        self._counters["id"] = itertools.count(conversation + 1)
+        self._counters["contact"] = itertools.count(contact + 1)
+        self._counters["predefined"] = itertools.count(predefined + 1)
+        self._counters["object"] = itertools.count(objects + 1)
+
+    # --- conversation mutation rules -----------------------------------------------------
+
+    def change_conversation(self, record: Rec, changes: Mapping[str, Any]) -> bool:
+        """Apply field changes with their side effects; bump updated_at when anything changed."""
+        changed = {key: value for key, value in changes.items() if record.get(key) != value}
+        if not changed:
+            return False
+        now = self.now()
+        stage_moved = "pipeline_stage_id" in changed or "pipeline_id" in changed
+        record.update(changed)
+        if stage_moved:
+            record["stage_entered_at"] = now
+        if "owner_id" in changed:
+            record["assigned_at"] = now if changed["owner_id"] is not None else None
+        self.conversations.set_updated_at(record, now)
+        return True
+
+    def touch(self, record: Rec) -> None:
+        """A change that moves no field of its own (a note, a removed message)."""
+        self.conversations.set_updated_at(record, self.now())
+
+    def add_message(self, conversation: Rec, fields: Mapping[str, Any]) -> Rec:
+        """Store a message and apply its effect on the conversation's timestamps."""
+        now = self.now()
+        message: Rec = {
+            "_id": self.next_object_id(),
+            "conversation_id": conversation["id"],
+            "organization_id": conversation["organization_id"],
+            "channel": conversation["channel"],
+            "message_type": "text",
+            "message_text": None,
+            "created_at": now,
+            "updated_at": now,
+            **fields,
+        }
+        self.messages[conversation["channel"]].insert(message)
+        self._apply_message_effect(conversation, message, now)
+        return message
+
+    def _apply_message_effect(self, conversation: Rec, message: Rec, now: datetime) -> None:
+        if message["direction"] == "inbound":
+            changes = {
+                "last_inbound_at": now,
+                "last_message_at": now,
+                "unread_count": int(conversation.get("unread_count") or 0) + 1,
+                "status": "open",  # a customer writing reopens a closed conversation
+            }
+        elif message["message_type"] == "note":
+            changes = {}  # contract B: a note is not a reply
+        else:
+            changes = {"last_outbound_at": now, "last_message_at": now}
+        if not self.change_conversation(conversation, changes):
+            self.touch(conversation)
+
+    def conversation(self, conversation_id: Any) -> Rec:
+        """The conversation with this id (an int, or a string of digits) or 404."""
+        try:
+            key = int(conversation_id)
+        except (TypeError, ValueError):
+            raise not_found("conversations", conversation_id) from None
+        return self.conversations.get(key)
+
+
+def default_views() -> dict[int, dict[str, Any]]:
+    """Saved views the bulk action's `view_id` can name (the contract leaves them open)."""
+    return {
+        1: {"status": "open"},
+        2: {"status": "open", "owner_id": None},
+        3: {"status": "closed"},
+    }
