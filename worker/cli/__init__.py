@@ -20,7 +20,10 @@ def _root() -> None:
 
 
 # Command modules register themselves on `app` when imported.
-from worker.cli import common  # noqa: E402,F401
+from worker.cli import (  # noqa: E402
+    common,  # noqa: F401
+    sandbox,  # noqa: F401
+)
 
 
 def main() -> None:

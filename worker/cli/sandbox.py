@@ -1,0 +1,63 @@
+"""`inboxpilot sandbox`: serve the Conversations API simulator with seeded data."""
+
+from __future__ import annotations
+
+import typer
+import uvicorn
+
+from worker.cli import app
+from worker.cli.common import settings_or_exit
+from worker.simulator import DEFAULT_TOKEN, FaultConfig, Simulator
+
+
+@app.command("sandbox")
+def sandbox(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8080, help="Port to listen on."),
+    seed: int = typer.Option(500, "--seed", help="How many conversations to generate."),
+    rng_seed: int = typer.Option(0, help="Random seed of the generator (same seed, same data)."),
+    token: str | None = typer.Option(
+        None, help="Bearer token to accept. Default: INBOXPILOT_API_TOKEN, else 'sandbox-token'."
+    ),
+    organization_id: int | None = typer.Option(None, help="Organization served. Default: the setting."),
+    fault_error_rate: float = typer.Option(0.0, help="Share of requests answered 500 before applying."),
+    fault_commit_then_fail_rate: float = typer.Option(0.0, help="Share of writes applied, then failed."),
+    fault_rate_limit: float = typer.Option(0.0, help="Requests per second per token; 0 = unlimited."),
+    fault_latency_s: float = typer.Option(0.0, help="Delay added to every request."),
+    fault_seed: int = typer.Option(0, help="Seed of the fault RNG."),
+) -> None:
+    """Serve the API simulator (Feathers semantics, in memory) for demos and manual tests."""
+    settings = settings_or_exit()
+    configured = settings.api_token.get_secret_value()
+    accepted = token or configured or DEFAULT_TOKEN
+    faults = _faults(fault_error_rate, fault_commit_then_fail_rate, fault_rate_limit, fault_latency_s)
+    sim = Simulator(
+        token=accepted,
+        organization_id=organization_id or settings.organization_id,
+        faults=faults,
+        fault_seed=fault_seed,
+    )
+    sim.seed(seed, seed=rng_seed)
+    # The token is shown only when it is not the configured secret.
+    shown = accepted if accepted != configured else "<the value of INBOXPILOT_API_TOKEN>"
+    typer.echo(
+        f"inboxpilot sandbox: {seed} conversations on http://{host}:{port} (org {sim.organization_id})"
+    )
+    typer.echo(f"  token: {shown}")
+    typer.echo(
+        f"  try: curl -H 'Authorization: Bearer {shown}' "
+        f"'http://{host}:{port}/conversations?$limit=100&status=open'"
+    )
+    uvicorn.run(sim.app, host=host, port=port, log_level="warning", lifespan="off")
+
+
+def _faults(error_rate: float, commit_rate: float, rate_limit: float, latency_s: float) -> FaultConfig:
+    try:
+        return FaultConfig(
+            error_rate=error_rate,
+            commit_then_fail_rate=commit_rate,
+            rate_limit_per_s=rate_limit,
+            latency_s=latency_s,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
