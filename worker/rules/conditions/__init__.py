@@ -1,0 +1,8 @@
+"""Condition types. Built-ins register themselves from the explicit import list below."""
+
+from __future__ import annotations
+
+from worker.rules.conditions import message, record, timing  # noqa: F401  (registers built-ins)
+from worker.rules.conditions.base import CONDITIONS, Condition
+
+__all__ = ["CONDITIONS", "Condition"]

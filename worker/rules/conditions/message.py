@@ -1,0 +1,69 @@
+"""Conditions over message content (the worker fetches messages only when one is used)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from worker.rules.conditions.base import CONDITIONS, Condition, as_list, listing
+from worker.rules.context import EvalContext
+
+
+@CONDITIONS.register("message_text")
+class MessageTextCondition(Condition):
+    """The customer's last inbound message contains a keyword or matches a regex."""
+
+    key = "message_text"
+    shorthand = "keywords"
+    needs_messages = True
+    keywords: list[str] | None = Field(default=None, min_length=1, description="Any of these words")
+    regex: str | None = None
+    case_sensitive: bool = False
+    _pattern: re.Pattern[str] | None = PrivateAttr(default=None)
+
+    _as_list = field_validator("keywords", mode="before")(as_list)
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"regex does not compile: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _some(self) -> MessageTextCondition:
+        if self.keywords is None and self.regex is None:
+            raise ValueError("give 'keywords' or 'regex'")
+        return self
+
+    def model_post_init(self, _: Any) -> None:
+        flags = 0 if self.case_sensitive else re.IGNORECASE
+        parts = [rf"\b{re.escape(k)}\b" for k in self.keywords or ()]
+        if self.regex is not None:
+            parts.append(f"(?:{self.regex})")
+        self._pattern = re.compile("|".join(parts), flags)
+
+    def label(self) -> str:
+        bits = []
+        if self.keywords:
+            bits.append(f"mentions {listing(self.keywords)}")
+        if self.regex is not None:
+            bits.append(f"matches /{self.regex}/")
+        return "last customer message " + " or ".join(bits)
+
+    def seen(self, ctx: EvalContext) -> object:
+        if ctx.messages is None:
+            return "messages not loaded"
+        last = ctx.last_inbound_message()
+        return None if last is None else (last.message_text or "")[:80]
+
+    def test(self, ctx: EvalContext) -> bool:
+        last = ctx.last_inbound_message()
+        if last is None or not last.message_text or self._pattern is None:
+            return False
+        return self._pattern.search(last.message_text) is not None
