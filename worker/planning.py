@@ -1,0 +1,211 @@
+"""Planning: rule matches -> steps the actors execute, each carrying its ledger keys.
+
+The same bulk action (same API action and fields) for many conversations
+becomes one `/conversations-bulk-actions` call per 50 conversation ids; replies,
+notes and automation runs are one step per conversation. Each action of a match
+gets its own ledger key, `<firing key>#<action index>`, so a rule with several
+actions completes each exactly once even when one of them fails.
+
+Turning an action type into a step is a registered function (`planner(key)`),
+so a new action type is one function here, not an edit to an `if` chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from worker.api.models import Conversation
+from worker.api.services import MAX_BULK_IDS
+from worker.rules.actions import (
+    Action,
+    AssignAction,
+    AssignAiAssistantAction,
+    MoveAction,
+    RunAutomationAction,
+    SetStatusAction,
+)
+from worker.rules.evaluator import Match
+from worker.rules.routing import Choice
+
+
+@dataclass(frozen=True)
+class Item:
+    """One action of one firing on one conversation: the unit the ledger tracks."""
+
+    key: str
+    rule_id: str
+    conversation_id: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "rule_id": self.rule_id, "conversation_id": self.conversation_id}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Item:
+        return cls(str(data["key"]), str(data["rule_id"]), int(data["conversation_id"]))
+
+
+@dataclass(frozen=True)
+class BulkChange:
+    """A bulk action and its fields, e.g. ("assign", {"owner_id": 7})."""
+
+    action: str
+    fields: tuple[tuple[str, Any], ...] = ()
+
+    def as_fields(self) -> dict[str, Any]:
+        return dict(self.fields)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One queued message: a bulk change over up to 50 items, or one per-conversation action."""
+
+    kind: str  # "bulk" | "message" | "automation"
+    items: tuple[Item, ...]
+    bulk: BulkChange | None = None
+    action: Mapping[str, Any] = field(default_factory=dict)  # the rule action, as data
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "items": [i.to_dict() for i in self.items],
+            "bulk": None
+            if self.bulk is None
+            else {"action": self.bulk.action, "fields": dict(self.bulk.fields)},
+            "action": dict(self.action),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Step:
+        bulk = data.get("bulk")
+        change = None if not bulk else BulkChange(bulk["action"], tuple(sorted(bulk["fields"].items())))
+        items = tuple(Item.from_dict(i) for i in data["items"])
+        return cls(str(data["kind"]), items, change, dict(data.get("action") or {}))
+
+    def single(self, item: Item) -> Step:
+        """This step narrowed to one item (what the ledger stores for a re-drive)."""
+        return Step(self.kind, (item,), self.bulk, self.action)
+
+
+class PoolResolver(Protocol):
+    def choose(self, pool: str, conversation: Conversation) -> Choice: ...
+
+
+@dataclass
+class PlanContext:
+    conversations: Mapping[int, Conversation]
+    resolver: PoolResolver | None = None
+    deferred: list[tuple[Item, str]] = field(default_factory=list)  # not planned now, and why
+
+
+# A planner turns one action into a bulk change, a per-conversation step, or None (deferred).
+Planned = BulkChange | Step | None
+PlannerFn = Callable[[Action, Item, PlanContext], Planned]
+PLANNERS: dict[str, PlannerFn] = {}
+
+
+def planner(action_key: str) -> Callable[[PlannerFn], PlannerFn]:
+    def register(fn: PlannerFn) -> PlannerFn:
+        if action_key in PLANNERS:
+            raise ValueError(f"a planner for action {action_key!r} is already registered")
+        PLANNERS[action_key] = fn
+        return fn
+
+    return register
+
+
+def _change(action: str, **fields: Any) -> BulkChange:
+    return BulkChange(action, tuple(sorted(fields.items())))
+
+
+@planner("assign")
+def _assign(action: Action, item: Item, ctx: PlanContext) -> Planned:
+    assert isinstance(action, AssignAction)
+    if action.user is not None:
+        return _change("assign", owner_id=action.user)
+    if ctx.resolver is None or action.pool is None:
+        ctx.deferred.append((item, "no pool resolver"))
+        return None
+    choice = ctx.resolver.choose(action.pool, ctx.conversations[item.conversation_id])
+    if choice.agent_id is not None:
+        return _change("assign", owner_id=choice.agent_id)
+    fallback = choice.fallback
+    if fallback is not None and fallback.ai_assistant is not None:
+        return _change("assign_ai_assistant", ai_assistant_id=fallback.ai_assistant)
+    if fallback is not None and fallback.stage is not None:
+        return _change("move", pipeline_id=fallback.stage.pipeline, pipeline_stage_id=fallback.stage.stage)
+    # Nobody available and no fallback: leave it unclaimed so a later tick retries.
+    ctx.deferred.append((item, f"pool {action.pool!r}: nobody available ({'; '.join(choice.skipped)})"))
+    return None
+
+
+@planner("unassign")
+def _unassign(action: Action, item: Item, ctx: PlanContext) -> Planned:
+    return _change("unassign")
+
+
+@planner("assign_ai_assistant")
+def _assign_ai(action: Action, item: Item, ctx: PlanContext) -> Planned:
+    assert isinstance(action, AssignAiAssistantAction)
+    return _change("assign_ai_assistant", ai_assistant_id=action.id)
+
+
+@planner("unassign_ai_assistant")
+def _unassign_ai(action: Action, item: Item, ctx: PlanContext) -> Planned:
+    return _change("unassign_ai_assistant")
+
+
+@planner("move")
+def _move(action: Action, item: Item, ctx: PlanContext) -> Planned:
+    assert isinstance(action, MoveAction)
+    return _change("move", pipeline_id=action.pipeline, pipeline_stage_id=action.stage)
+
+
+@planner("set_status")
+def _set_status(action: Action, item: Item, ctx: PlanContext) -> Planned:
+    assert isinstance(action, SetStatusAction)
+    return _change("update_status", status=action.status)
+
+
+@planner("reply")
+@planner("note")
+def _message(action: Action, item: Item, ctx: PlanContext) -> Planned:
+    return Step("message", (item,), action=action_data(action))
+
+
+@planner("run_automation")
+def _automation(action: Action, item: Item, ctx: PlanContext) -> Planned:
+    assert isinstance(action, RunAutomationAction)
+    return Step("automation", (item,), action=action_data(action))
+
+
+def action_data(action: Action) -> dict[str, Any]:
+    """An action as JSON-able data with its type, for queue messages and the ledger."""
+    return {"type": action.key, **action.model_dump(mode="json", exclude_none=True)}
+
+
+def item_key(match: Match, index: int) -> str:
+    return f"{match.firing_key}#{index}"
+
+
+def plan(matches: Iterable[tuple[int, Match]], ctx: PlanContext) -> list[Step]:
+    """Turn (conversation id, match) pairs into steps; bulk changes grouped per 50 ids."""
+    groups: dict[BulkChange, list[Item]] = {}
+    steps: list[Step] = []
+    for conversation_id, match in matches:
+        for index, action in enumerate(match.actions):
+            item = Item(item_key(match, index), match.rule_id, conversation_id)
+            planned = PLANNERS[action.key](action, item, ctx)
+            if isinstance(planned, BulkChange):
+                groups.setdefault(planned, []).append(item)
+            elif isinstance(planned, Step):
+                steps.append(planned)
+    for change, items in groups.items():
+        steps.extend(Step("bulk", tuple(chunk), bulk=change) for chunk in chunks(items, MAX_BULK_IDS))
+    return steps
+
+
+def chunks(items: Sequence[Item], size: int) -> Iterable[Sequence[Item]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,81 @@
+"""The runtime: every long-lived object a process needs, built once from settings.
+
+The scheduler and the actors both work from a `Runtime`; tests build one with a
+fake clock and a transport pointed at the simulator. Nothing here holds logic.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import redis
+
+from worker.api.client import ApiClient
+from worker.api.services import Services
+from worker.clock import Clock, SystemClock
+from worker.config import Settings
+from worker.ledger import DEFAULT_REDRIVE_AFTER_S, Ledger
+from worker.redis_conn import connect
+from worker.rulebook import Rulebook
+from worker.scheduling.timers import DueTimers
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    clock: Clock
+    redis: redis.Redis
+    api: Services
+    ledger: Ledger
+    timers: DueTimers
+    rulebook: Rulebook
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        transport: httpx.BaseTransport | None = None,
+        rulebook: Rulebook | None = None,
+        redrive_after_s: float | None = None,
+    ) -> Runtime:
+        clock = clock or SystemClock()
+        client = connect(settings.redis_url)
+        return cls(
+            settings=settings,
+            clock=clock,
+            redis=client,
+            api=Services(ApiClient.from_settings(settings, clock=clock, transport=transport)),
+            ledger=Ledger(
+                client,
+                clock,
+                ttl_s=settings.ledger_ttl_s,
+                redrive_after_s=redrive_after_s or DEFAULT_REDRIVE_AFTER_S,
+            ),
+            timers=DueTimers(client),
+            rulebook=rulebook or Rulebook(Path(settings.rules_path)),
+        )
+
+    def close(self) -> None:
+        self.api.client.close()
+
+
+_current: Runtime | None = None
+_current_lock = threading.Lock()
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    """Install the runtime the actors of this process use."""
+    global _current
+    with _current_lock:
+        _current = runtime
+
+
+def get_runtime() -> Runtime:
+    if _current is None:
+        raise RuntimeError("no runtime installed: call worker.runtime.set_runtime() at start-up")
+    return _current
