@@ -28,3 +28,4 @@ from worker.cli import (  # noqa: E402
 
 def main() -> None:
     app()
+from worker.cli import rules_cmds  # noqa: E402,F401

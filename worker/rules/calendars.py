@@ -5,6 +5,8 @@ holidays (public ones from the `holidays` package by country and subdivision,
 plus explicit dates). All functions take and return timezone-aware datetimes;
 results are in UTC. Opening hours are wall-clock times in the calendar's zone,
 so a DST change shortens or lengthens that day's intervals as a person expects.
+A span that starts or ends inside a spring-forward gap is read the way
+zoneinfo reads a nonexistent wall time (PEP 495, fold=0: 02:30 -> 03:30).
 """
 
 from __future__ import annotations
@@ -164,11 +166,14 @@ def _aware(t: datetime) -> datetime:
     return t.astimezone(UTC)
 
 
-def open_intervals(cal: Calendar, start: datetime) -> Iterator[tuple[datetime, datetime]]:
-    """Open intervals (UTC) that end after `start`, in order, up to the horizon."""
+def open_intervals(
+    cal: Calendar, start: datetime, until: datetime | None = None
+) -> Iterator[tuple[datetime, datetime]]:
+    """Open intervals (UTC) that end after `start`, in order, up to `until` or the horizon."""
     start = _aware(start)
     day = start.astimezone(cal.tz).date() - timedelta(days=1)
-    for _ in range(HORIZON_DAYS):
+    days = HORIZON_DAYS if until is None else (_aware(until).astimezone(cal.tz).date() - day).days + 2
+    for _ in range(days):
         for s, e in _day_intervals(cal, day):
             if e > start:
                 yield s, e
@@ -188,7 +193,7 @@ def business_time_between(cal: Calendar, a: datetime, b: datetime) -> timedelta:
     total = timedelta(0)
     if b <= a:
         return total
-    for s, e in open_intervals(cal, a):
+    for s, e in open_intervals(cal, a, until=b):
         if s >= b:
             break
         total += min(e, b) - max(s, a)

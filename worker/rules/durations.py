@@ -33,12 +33,12 @@ def parse_duration(text: object) -> timedelta:
     parts = _PART.findall(compact)
     ranks = [list(_UNIT_S).index(unit) for _, unit in parts]
     if ranks != sorted(set(ranks)):
-        raise DurationError(f"{text!r}: each unit once, largest first ({ALLOWED})")
+        raise DurationError(f"{text!r} is not a duration: each unit once, largest first ({ALLOWED})")
     seconds = sum(int(n) * _UNIT_S[unit] for n, unit in parts)
     if seconds == 0:
-        raise DurationError(f"{text!r} is zero: a duration must be positive")
+        raise DurationError(f"{text!r} is a zero duration: it must be positive")
     if seconds > MAX_DURATION.total_seconds():
-        raise DurationError(f"{text!r} is longer than {MAX_DURATION.days} days")
+        raise DurationError(f"{text!r}: a duration longer than {MAX_DURATION.days} days")
     return timedelta(seconds=seconds)
 
 
