@@ -22,10 +22,10 @@ def _root() -> None:
 # Command modules register themselves on `app` when imported.
 from worker.cli import (  # noqa: E402
     common,  # noqa: F401
+    rules_cmds,  # noqa: F401
     sandbox,  # noqa: F401
 )
 
 
 def main() -> None:
     app()
-from worker.cli import rules_cmds  # noqa: E402,F401
