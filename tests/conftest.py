@@ -42,3 +42,19 @@ def redis_client() -> Iterator[redis.Redis]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+# --- simulator -------------------------------------------------------------------------
+# The Conversations API simulator served over real loopback HTTP, one per test,
+# sharing the test's FakeClock so moving time moves the API's time too.
+
+from worker.simulator.testing import SimulatorHandle, served_simulator  # noqa: E402
+
+SIMULATOR_TOKEN = "test-simulator-token"
+
+
+@pytest.fixture
+def simulator(clock: FakeClock) -> Iterator[SimulatorHandle]:
+    """An empty simulator (call `.sim.seed(n)` for data) served on a free loopback port."""
+    with served_simulator(clock, SIMULATOR_TOKEN) as handle:
+        yield handle

@@ -70,7 +70,7 @@ def _assign(node: dict[str, Any], path: list[str], value: str) -> None:
     if not rest:
         _put_leaf(node, key, value)
         return
-    if "" in rest:
+    if "" in rest[:-1]:
         raise BadRequest(f"Invalid query parameter {key}: '[]' is only allowed last")
     child = node.setdefault(key, {})
     if not isinstance(child, dict):
