@@ -1,0 +1,160 @@
+"""The loader: located errors, stage-by-stage loading, folders, strict mode."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from worker.rules import LoadResult, RulesInvalid, load_rules, load_texts
+
+BROKEN = """\
+- id: good
+  when: {status: open}
+  then: [{note: fine}]
+- id: bad-duration
+  when:
+    all:
+      - status: open
+      - waiting_for_reply: {longer_than: 15 minutes please}
+  then: [{note: x}]
+- id: bad-key
+  priorty: 3
+  when: {status: open}
+  then: [{note: x}]
+"""
+
+
+def test_errors_are_located_and_the_good_rule_still_loads() -> None:
+    result = load_texts([("f.yaml", BROKEN)])
+    assert [r.id for r in result.ruleset.rules] == ["good"]
+    lines = [e.format() for e in result.errors]
+    assert lines == [
+        "f.yaml:8:42: rule 'bad-duration': when.all[1].waiting_for_reply.longer_than: '15 minutes please' "
+        "is not a duration (a number with a unit, like 90s, 15m, 2h, 1d, 1w or 1h30m)",
+        "f.yaml:11:3: rule 'bad-key': unknown key 'priorty' (did you mean 'priority'? "
+        "allowed: id, description, enabled, priority, once, max_per_conversation, max_per_hour, "
+        "skip_team_started)",
+    ]
+
+
+def test_strict_raises_with_every_error() -> None:
+    with pytest.raises(RulesInvalid) as info:
+        load_texts([("f.yaml", BROKEN)], strict=True)
+    assert len(info.value.errors) == 2
+
+
+def test_yaml_syntax_error_is_located() -> None:
+    result = load_texts([("f.yaml", "- id: a\n  when: {status: open\n  then: []\n")])
+    (error,) = result.errors
+    assert error.file == "f.yaml" and error.line >= 2 and error.column >= 1
+    assert "YAML syntax error" in error.message
+
+
+def test_duplicate_yaml_keys_are_located() -> None:
+    result = load_texts([("f.yaml", "- id: a\n  id: b\n  when: {status: open}\n  then: [unassign]\n")])
+    assert result.errors and result.errors[0].line == 2
+
+
+def test_duplicate_ids_across_files() -> None:
+    rule = "- id: same\n  when: {status: open}\n  then: [{note: x}]\n"
+    result = load_texts([("a.yaml", rule), ("b.yaml", "# first line\n" + rule)])
+    (error,) = result.errors
+    assert error.format() == "b.yaml:2:7: rule 'same': id: duplicate rule id (first defined at a.yaml:1)"
+    assert len(result.ruleset.rules) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        (
+            "- id: r\n  when: {in_business_hours: nope}\n  then: [unassign]\n",
+            (2, 29),
+            "no calendar named 'nope'",
+        ),
+        (
+            "- id: r\n  when: {contact: {field: x, regex: '('}}\n  then: [unassign]\n",
+            (2, 37),
+            "regex does not compile",
+        ),
+        ("- id: r\n  when: {chanel: sms}\n  then: [unassign]\n", (2, 10), "did you mean 'channel'"),
+        ("- id: r\n  when: {status: open}\n  then: [{set_status: open}]\n", (3, 23), "a loop"),
+        ("- id: r\n  when: {owner: unset}\n  then: [unassign]\n", (3, 10), "a loop"),
+        ("- id: R!\n  when: {status: open}\n  then: [unassign]\n", (1, 7), "should match pattern"),
+        ("- id: r\n  when: []\n  then: [unassign]\n", (2, 9), "empty condition list"),
+        ("- id: r\n  when: {status: open}\n", (1, 3), "missing required key 'then'"),
+        ("- id: r\n  when: {any: open}\n  then: [unassign]\n", (2, 15), "non-empty list"),
+        ("- id: r\n  priority: high\n  when: {status: open}\n  then: [unassign]\n", (2, 13), "valid integer"),
+        ("- just a string\n", (1, 3), "a rule is a mapping"),
+        ("rulez: []\n", (1, 1), "unknown section 'rulez'"),
+    ],
+)
+def test_error_locations(text: str, where: tuple[int, int], message: str) -> None:
+    result = load_texts([("f.yaml", text)])
+    assert result.errors, text
+    first = result.errors[0]
+    assert (first.line, first.column) == where, first.format()
+    assert message in first.message, first.format()
+
+
+def test_roster_errors(load_yaml: Callable[..., LoadResult]) -> None:
+    text = """\
+    agents:
+      - {id: 5, calendar: nowhere}
+    pools:
+      p: {members: [77]}
+    rules:
+      - id: r
+        when: {status: open}
+        then: [{assign: {pool: p}}]
+    """
+    result = load_yaml(text)
+    messages = [e.message for e in result.errors]
+    assert any("no calendar named 'nowhere'" in m for m in messages)
+    assert any("not in the roster" in m for m in messages)
+    assert any("no pool named 'p'" in m for m in messages)
+
+
+def test_ruleset_order_fingerprint_and_flags(load_yaml: Callable[..., LoadResult]) -> None:
+    text = """\
+    - {id: b, priority: 1, when: {status: open}, then: [{note: x}]}
+    - {id: a, priority: 1, when: {status: open}, then: [{note: x}]}
+    - {id: c, priority: 5, when: {message_text: hi}, then: [{note: x}]}
+    - {id: d, enabled: false, when: {contact: {field: name, set: true}}, then: [{note: x}]}
+    """
+    result = load_yaml(text)
+    assert result.ok
+    rs = result.ruleset
+    assert [r.id for r in rs.rules] == ["c", "a", "b"]
+    assert rs.needs_messages and not rs.needs_contact  # d is disabled
+    same = load_yaml(text.replace("- {id: b", "# a comment\n    - {id: b")).ruleset
+    assert same.fingerprint == rs.fingerprint
+    assert load_yaml(text.replace("priority: 5", "priority: 6")).ruleset.fingerprint != rs.fingerprint
+
+
+def test_folders_are_not_recursive_unless_asked(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.yaml").write_text("- {id: a, when: {status: open}, then: [{note: x}]}\n")
+    (tmp_path / "sub" / "b.yml").write_text("- {id: b, when: {status: open}, then: [{note: x}]}\n")
+    (tmp_path / "notes.txt").write_text("not yaml")
+    assert [r.id for r in load_rules([tmp_path]).ruleset.rules] == ["a"]
+    assert [r.id for r in load_rules([tmp_path], recursive=True).ruleset.rules] == ["a", "b"]
+    missing = load_rules([tmp_path / "nope.yaml"])
+    assert missing.errors[0].message == "no such file or folder"
+
+
+def test_mapping_document_with_all_sections(load_yaml: Callable[..., LoadResult]) -> None:
+    text = textwrap.dedent("""\
+    sla_policies:
+      - {name: standard, first_response: 1h}
+    rules:
+      - id: r
+        when: {waiting_for_reply: {longer_than: 1h, business: support}}
+        then: [{assign: {pool: front}}]
+    """)
+    result = load_yaml(text)
+    assert result.ok, [e.format() for e in result.errors]
+    assert result.ruleset.sla_policies == ([{"name": "standard", "first_response": "1h"}],)
+    assert set(result.ruleset.pools) == {"front"}
