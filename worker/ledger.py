@@ -330,6 +330,15 @@ class Ledger:
             outcome=json.loads(data.get("outcome") or "{}"),
         )
 
+    def known(self, keys: list[str]) -> set[str]:
+        """The subset of `keys` already claimed (any state), in one round trip."""
+        if not keys:
+            return set()
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(ENTRY_PREFIX + key)
+        return {key for key, exists in zip(keys, pipe.execute(), strict=True) if exists}
+
     def is_done(self, key: str) -> bool:
         return self._redis.hget(ENTRY_PREFIX + key, "state") == b"done"
 

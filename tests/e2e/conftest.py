@@ -1,0 +1,73 @@
+"""Fixtures for whole-loop tests: a runtime pointed at the served simulator, on the
+test's fake clock, with Redis real (REDIS_URL) or embedded and empty."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import fakeredis
+import httpx
+import pytest
+
+from worker.config import load_settings
+from worker.planning import Step
+from worker.redis_conn import embedded_server
+from worker.runtime import Runtime
+from worker.simulator.testing import SimulatorHandle
+
+
+class CountingTransport(httpx.HTTPTransport):
+    """Counts the requests the worker makes, by method and path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[tuple[str, str]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append((request.method, request.url.path))
+        return super().handle_request(request)
+
+
+class Collector:
+    """A dispatcher that keeps steps instead of queueing them."""
+
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+
+    def enqueue(self, step: Step) -> None:
+        self.steps.append(step)
+
+
+RuntimeFactory = Callable[..., Runtime]
+
+
+@pytest.fixture
+def make_runtime(simulator: SimulatorHandle, redis_url: str, tmp_path: Path) -> Iterator[RuntimeFactory]:
+    if redis_url:
+        import redis
+
+        redis.Redis.from_url(redis_url).flushdb()
+    else:
+        fakeredis.FakeRedis(server=embedded_server()).flushall()
+    built: list[Runtime] = []
+
+    def make(rules: str, *, transport: httpx.BaseTransport | None = None, **settings: object) -> Runtime:
+        rules_file = tmp_path / "rules.yaml"
+        rules_file.write_text(rules)
+        options: dict[str, object] = {
+            "api_url": simulator.url,
+            "api_token": simulator.token,
+            "redis_url": redis_url,
+            "rules_path": rules_file,
+            "rate_limit_per_s": 10_000,
+            "rate_burst": 10_000,
+            **settings,
+        }
+        runtime = Runtime.build(load_settings(**options), clock=simulator.clock, transport=transport)
+        built.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in built:
+        runtime.close()

@@ -1,0 +1,237 @@
+"""The loop: changed conversations -> snapshots -> rule matches -> claimed steps -> queue.
+
+`Loop` is what the scheduler's jobs call (`poll_once`, `pump_once`,
+`resync_once`, `redrive_once`); tests call the same methods with a fake clock.
+Every firing is claimed in the ledger *before* it is enqueued, so overlapping
+ticks, resyncs and replicas cannot enqueue it twice; a claim whose message is
+lost is re-driven from the ledger.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from worker.api.models import Conversation
+from worker.api.services import CONVERSATIONS, MAX_BULK_IDS
+from worker.ledger import Ledger
+from worker.logs import get_logger
+from worker.metrics import (
+    CONVERSATIONS_EVALUATED,
+    POLL_LAG_S,
+    POLLS,
+    RULE_MATCHES,
+    TIMER_BACKLOG,
+    TIMER_LATENESS_S,
+)
+from worker.planning import PlanContext, PoolResolver, Step, item_key, plan
+from worker.routing_state import Router
+from worker.rules.evaluator import Evaluation, Match, evaluate
+from worker.runtime import Runtime
+from worker.scheduling.poller import Poller
+from worker.scheduling.watermark import Watermark
+from worker.snapshots import read_snapshots
+
+log = get_logger(__name__)
+
+
+class Dispatcher(Protocol):
+    """Where claimed steps go: the dramatiq actors, or a list in a dry run."""
+
+    def enqueue(self, step: Step) -> None: ...
+
+
+@dataclass
+class TickReport:
+    kind: str
+    conversations: int = 0
+    matches: int = 0
+    steps: list[Step] = field(default_factory=list)
+    dedupes: int = 0
+    deferred: list[str] = field(default_factory=list)
+    evaluations: list[Evaluation] = field(default_factory=list)
+
+
+class LedgerState:
+    """The evaluator's view of past firings (for caps), read from the ledger."""
+
+    def __init__(self, ledger: Ledger, now: datetime) -> None:
+        self._ledger = ledger
+        self._now = now
+
+    def fired_count(self, rule_id: str, conversation_id: int) -> int:
+        return self._ledger.count_for(rule_id, conversation_id)
+
+    def fired_last_hour(self, rule_id: str) -> int:
+        return self._ledger.count_last_hour(rule_id, self._now)
+
+
+class Loop:
+    def __init__(
+        self,
+        runtime: Runtime,
+        dispatcher: Dispatcher,
+        *,
+        fencing_token: Any = None,
+        dry_run: bool = False,
+        owner: str = "",
+    ) -> None:
+        self.runtime = runtime
+        self.dispatcher = dispatcher
+        self.dry_run = dry_run
+        self.owner = owner
+        # The leader's fencing token for watermark writes: a value, or a callable read per write.
+        self.fencing_token = fencing_token
+        self.poller = Poller(runtime.api.client, runtime.settings.page_size)
+        self.watermark = Watermark(runtime.redis)
+        self.router = Router(runtime.redis, runtime.api.client, runtime.rulebook, runtime.clock)
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def poll_once(self) -> TickReport:
+        """Incremental poll: what changed since the watermark."""
+        state = self.watermark.load()
+        result = self.poller.changed(state)
+        report = self.process(result.conversations, "incremental")
+        if not self.dry_run:
+            self.watermark.advance(result.conversations, self._fencing_token())
+        POLLS.labels(kind="incremental").inc()
+        if self.watermark.state.updated_at is not None:
+            lag = (self.runtime.clock.now() - self.watermark.state.updated_at).total_seconds()
+            POLL_LAG_S.set(max(lag, 0.0))
+        return report
+
+    def resync_once(self) -> TickReport:
+        """Every open conversation: catches what the incremental poll missed, rebuilds timers."""
+        total = TickReport("resync")
+        for page in self.poller.open_conversations():
+            _merge(total, self.process(page, "resync"))
+        POLLS.labels(kind="resync").inc()
+        return total
+
+    def pump_once(self, limit: int = 500) -> TickReport:
+        """Act on due-timers: re-read those conversations and evaluate them now."""
+        timers = self.runtime.timers
+        now = self.runtime.clock.now()
+        due = timers.pop_due(now, limit)
+        TIMER_BACKLOG.set(timers.backlog(now))
+        if not due:
+            return TickReport("timers")
+        for timer in due:
+            TIMER_LATENESS_S.observe(max((now - timer.due).total_seconds(), 0.0))
+        try:
+            conversations = self._fetch({t.conversation_id for t in due})
+            return self.process(conversations, "timers")
+        except Exception:
+            # Keep the timers: put them back so the next pump retries (the API may be down).
+            timers.schedule_many((t.rule_id, t.conversation_id, t.due) for t in due)
+            raise
+
+    def redrive_once(self) -> int:
+        """Re-enqueue claims that never completed (lost messages, dead schedulers)."""
+        if self.dry_run:
+            return 0
+        redriven = self.runtime.ledger.due_redrives(self.runtime.clock.now())
+        for _key, payload in redriven:
+            self.dispatcher.enqueue(Step.from_dict(payload))
+        return len(redriven)
+
+    # --- the shared path ----------------------------------------------------------------------
+
+    def process(self, conversations: Sequence[Conversation], kind: str) -> TickReport:
+        report = TickReport(kind, conversations=len(conversations))
+        if not conversations:
+            return report
+        runtime = self.runtime
+        ruleset = runtime.rulebook.ruleset
+        now = runtime.clock.now()
+        state = LedgerState(runtime.ledger, now)
+        pairs: list[tuple[int, Match]] = []
+        for snapshot in read_snapshots(runtime.api, ruleset, conversations):
+            evaluation = evaluate(ruleset, snapshot, now, state)
+            CONVERSATIONS_EVALUATED.inc()
+            report.evaluations.append(evaluation)
+            if not self.dry_run:
+                self._reschedule(evaluation)
+            pairs.extend((evaluation.conversation_id, m) for m in evaluation.matches)
+        report.matches = len(pairs)
+        for _, match in pairs:
+            RULE_MATCHES.labels(rule=match.rule_id).inc()
+        self._plan_and_dispatch(self._unclaimed(pairs), conversations, report)
+        return report
+
+    def _unclaimed(self, pairs: list[tuple[int, Match]]) -> list[tuple[int, Match]]:
+        """Matches with at least one action not yet in the ledger (skips known firings cheaply)."""
+        keys = [item_key(m, i) for _, m in pairs for i in range(len(m.actions))]
+        known = self.runtime.ledger.known(keys)
+        return [(c, m) for c, m in pairs if any(item_key(m, i) not in known for i in range(len(m.actions)))]
+
+    def _plan_and_dispatch(
+        self, pairs: list[tuple[int, Match]], conversations: Sequence[Conversation], report: TickReport
+    ) -> None:
+        self.router.begin_tick()
+        resolver: PoolResolver | None = None if self.dry_run else self.router
+        ctx = PlanContext({c.id: c for c in conversations}, resolver)
+        for step in plan(pairs, ctx):
+            claimed = step if self.dry_run else self._claim(step)
+            if claimed is None:
+                report.dedupes += len(step.items)
+                continue
+            report.dedupes += len(step.items) - len(claimed.items)
+            report.steps.append(claimed)
+            self.dispatcher.enqueue(claimed)
+        report.deferred.extend(f"{item.key}: {why}" for item, why in ctx.deferred)
+
+    def _claim(self, step: Step) -> Step | None:
+        ledger = self.runtime.ledger
+        won = tuple(
+            item
+            for item in step.items
+            if ledger.claim(
+                item.key,
+                step.single(item).to_dict(),
+                owner=self.owner,
+                rule_id=item.rule_id,
+                conversation_id=item.conversation_id,
+            )
+        )
+        if not won:
+            return None
+        return Step(step.kind, won, step.bulk, step.action)
+
+    def _reschedule(self, evaluation: Evaluation) -> None:
+        timers = self.runtime.timers
+        timers.cancel_conversation(evaluation.conversation_id, except_rules=evaluation.next_due.keys())
+        for rule_id, due in evaluation.next_due.items():
+            timers.schedule(rule_id, evaluation.conversation_id, due)
+
+    def _fetch(self, ids: Iterable[int]) -> list[Conversation]:
+        """Conversations by id, 50 per request."""
+        wanted = sorted(ids)
+        client = self.runtime.api.client
+        out: list[Conversation] = []
+        for start in range(0, len(wanted), MAX_BULK_IDS):
+            chunk = wanted[start : start + MAX_BULK_IDS]
+            query = {"id": {"$in": chunk}, "organization_id": client.organization_id, "$limit": MAX_BULK_IDS}
+            page = client.find_page(CONVERSATIONS, query)
+            out.extend(Conversation.model_validate(raw) for raw in page.data)
+        return out
+
+    def _fencing_token(self) -> Any:
+        return self.fencing_token() if callable(self.fencing_token) else self.fencing_token
+
+
+def _merge(total: TickReport, part: TickReport) -> None:
+    total.conversations += part.conversations
+    total.matches += part.matches
+    total.steps.extend(part.steps)
+    total.dedupes += part.dedupes
+    total.deferred.extend(part.deferred)
+    total.evaluations.extend(part.evaluations)
+
+
+def summarize(steps: Iterable[Step]) -> Counter[str]:
+    return Counter(step.kind for step in steps)

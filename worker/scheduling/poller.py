@@ -1,0 +1,112 @@
+"""The poller: which conversations changed since the last tick, and all open ones for a resync.
+
+Pages are at most 50 (`$limit`), sorted on `(updated_at, id)`. The incremental
+poll asks for `updated_at >= watermark` and, for further pages, moves its lower
+bound up to the last `updated_at` it received (skipping only the records it has
+already read at exactly that timestamp), so a record updated while we page is
+seen on a later page or the next tick rather than skipped. With nothing changed
+a tick costs one request.
+
+A record that does not parse is reported and skipped: one poisoned conversation
+never stops the poll (the full resync retries it later).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from worker.api.client import ApiClient
+from worker.api.models import Conversation
+from worker.api.services import CONVERSATIONS
+from worker.logs import get_logger
+from worker.metrics import PAGES_FETCHED
+from worker.scheduling.watermark import WatermarkState, filter_new_records
+
+log = get_logger(__name__)
+MAX_PAGES_PER_TICK = 2000  # a guard against a server whose pages never end
+
+
+@dataclass
+class PollResult:
+    conversations: list[Conversation] = field(default_factory=list)
+    pages: int = 0
+    malformed: int = 0
+
+
+class Poller:
+    def __init__(self, client: ApiClient, page_size: int) -> None:
+        self._client = client
+        self._page_size = page_size
+
+    def changed(self, state: WatermarkState) -> PollResult:
+        """Conversations changed at or after the watermark that it has not seen yet."""
+        result = PollResult()
+        # Start at the watermark itself: records seen there may have changed since (and
+        # moved later in the order), so we filter them by id instead of skipping by count.
+        since, skip_at_since = state.updated_at, 0
+        seen_ids: set[int] = set()
+        while result.pages < MAX_PAGES_PER_TICK:
+            query: dict[str, Any] = {"$sort": {"updated_at": 1, "id": 1}}
+            if since is not None:
+                query["updated_at"] = {"$gte": since}
+            page, received, full = self._page(query, skip_at_since, "incremental", result)
+            fresh = [c for c in page if c.id not in seen_ids]
+            seen_ids.update(c.id for c in fresh)
+            result.conversations.extend(filter_new_records(state, fresh))
+            if not full:
+                break
+            if page:
+                since, skip_at_since = _next_bound(page, since, skip_at_since)
+            else:
+                skip_at_since += received
+        return result
+
+    def open_conversations(self) -> Iterator[list[Conversation]]:
+        """All open conversations, a page at a time (for the full resync)."""
+        skip, pages = 0, 0
+        while pages < MAX_PAGES_PER_TICK:
+            query = {"status": "open", "$sort": {"id": 1}}
+            page, received, full = self._page(query, skip, "resync", PollResult())
+            pages += 1
+            if page:
+                yield page
+            skip += received
+            if not full:
+                return
+
+    def _page(
+        self, query: dict[str, Any], skip: int, kind: str, result: PollResult
+    ) -> tuple[list[Conversation], int, bool]:
+        """Parsed records, how many came, and whether the page was full (more may follow)."""
+        full = {"organization_id": self._client.organization_id, **query}
+        full.update({"$limit": self._page_size, "$skip": skip})
+        page = self._client.find_page(CONVERSATIONS, full)
+        PAGES_FETCHED.labels(kind=kind).inc()
+        result.pages += 1
+        parsed = [c for c in (_parse(raw, result) for raw in page.data) if c is not None]
+        # The server may clamp $limit: a page is full when it holds what the server says it sends.
+        is_full = len(page.data) >= max(1, min(page.limit, self._page_size))
+        return parsed, len(page.data), is_full
+
+
+def _next_bound(page: list[Conversation], since: datetime | None, skip: int) -> tuple[datetime | None, int]:
+    """The lower bound for the next page: the last timestamp and how many records at it we have."""
+    last = page[-1].updated_at
+    if last is None:
+        return since, skip + len(page)
+    at_last = sum(1 for c in page if c.updated_at == last)
+    return last, (skip + at_last) if last == since else at_last
+
+
+def _parse(raw: dict[str, Any], result: PollResult) -> Conversation | None:
+    try:
+        return Conversation.model_validate(raw)
+    except ValidationError as exc:
+        result.malformed += 1
+        log.error("conversation_malformed", conversation_id=raw.get("id"), error=str(exc).splitlines()[0])
+        return None
