@@ -58,6 +58,7 @@ class ApiClient:
         timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
         read_retries: int = 4,
+        connect_retries: int = CONNECT_RETRIES,
         rate_limit_per_s: float = 20.0,
         rate_burst: int = 20,
         clock: Clock | None = None,
@@ -85,7 +86,7 @@ class ApiClient:
         self._bucket = TokenBucket(rate_limit_per_s, rate_burst, self._clock)
         self._http = httpx.Client(
             base_url=self.base_url,
-            transport=transport or httpx.HTTPTransport(retries=CONNECT_RETRIES),
+            transport=transport or httpx.HTTPTransport(retries=connect_retries),
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             headers={"Accept": "application/json", "User-Agent": "inboxpilot"},
         )
