@@ -1,0 +1,136 @@
+"""The dramatiq actors: thin wrappers that decode a step and hand it to `worker.execution`.
+
+Three actors on the ``inboxpilot`` queue, one per step kind: ``bulk_action``,
+``send_reply`` (replies and notes) and ``run_automation``. Each message carries
+the step as data plus ``firing_keys=[...]`` so the LogContext middleware binds
+them to every log line of the message. Retries, time limits and dead-lettering
+are the broker's middleware (`worker.broker`); exactly-once is the ledger's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import MessageProxy
+
+from worker import execution
+from worker.broker import MAX_RETRIES
+from worker.logs import get_logger
+from worker.planning import Step
+from worker.runtime import Runtime, get_runtime
+
+log = get_logger(__name__)
+
+QUEUE = "inboxpilot"
+DEAD_LETTERED = "dead_lettered"
+# Step kind -> actor name (the names the issue gives them).
+ACTOR_NAMES: dict[str, str] = {
+    "bulk": "bulk_action",
+    "message": "send_reply",
+    "automation": "run_automation",
+}
+
+
+class MalformedStep(ValueError):
+    """A queue message whose step cannot be decoded: retrying cannot help."""
+
+
+def decode(step: Mapping[str, Any]) -> Step:
+    try:
+        return Step.from_dict(step)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MalformedStep(f"cannot decode step: {exc!r}") from None
+
+
+def perform(step: dict[str, Any], firing_keys: list[str] | None = None) -> None:
+    """The body of every actor: decode, execute with this process's runtime."""
+    execution.execute(get_runtime(), decode(step))
+
+
+def _named(name: str) -> Callable[..., None]:
+    # dramatiq names actors after their function unless told; a distinct function
+    # per actor keeps tracebacks and `repr` honest.
+    def actor_fn(step: dict[str, Any], firing_keys: list[str] | None = None) -> None:
+        perform(step, firing_keys)
+
+    actor_fn.__name__ = actor_fn.__qualname__ = name
+    return actor_fn
+
+
+@dataclass(frozen=True)
+class Actors:
+    """The declared actors of one broker, and how to send steps to them."""
+
+    broker: dramatiq.Broker
+    by_kind: Mapping[str, dramatiq.Actor[..., None]]
+
+    @property
+    def bulk_action(self) -> dramatiq.Actor[..., None]:
+        return self.by_kind["bulk"]
+
+    @property
+    def send_reply(self) -> dramatiq.Actor[..., None]:
+        return self.by_kind["message"]
+
+    @property
+    def run_automation(self) -> dramatiq.Actor[..., None]:
+        return self.by_kind["automation"]
+
+    def enqueue(self, step: Step) -> None:
+        """Queue `step` on the actor of its kind."""
+        actor = self.by_kind.get(step.kind)
+        if actor is None:
+            raise ValueError(f"no actor for step kind {step.kind!r}; expected one of {sorted(self.by_kind)}")
+        actor.send(step.to_dict(), firing_keys=[item.key for item in step.items])
+
+    def redrive(self, runtime: Runtime) -> int:
+        """Re-enqueue every pending firing past its re-drive time; returns how many were sent."""
+        sent = 0
+        for key, payload in runtime.ledger.due_redrives():
+            try:
+                step = decode(payload)
+            except MalformedStep as exc:
+                runtime.ledger.mark_failed(key, f"redrive: {exc}")
+                continue
+            self.enqueue(step)
+            sent += 1
+        return sent
+
+
+def declare_actors(broker: dramatiq.Broker, *, max_retries: int = MAX_RETRIES) -> Actors:
+    """Declare the three actors on `broker` (not on dramatiq's global broker)."""
+    by_kind = {
+        kind: dramatiq.actor(
+            broker=broker,
+            actor_name=name,
+            queue_name=QUEUE,
+            max_retries=max_retries,
+            throws=(MalformedStep,),
+        )(_named(name))
+        for kind, name in ACTOR_NAMES.items()
+    }
+    return Actors(broker, by_kind)
+
+
+def on_dead_letter(message: MessageProxy) -> None:
+    """`DeadLetterNotice` callback: the message's items end as failed "dead_lettered"."""
+    try:
+        ledger = get_runtime().ledger
+    except RuntimeError:
+        log.warning("dead_letter_not_recorded", message_id=message.message_id, reason="no runtime")
+        return
+    for key in _item_keys(message):
+        ledger.mark_failed(key, DEAD_LETTERED)
+
+
+def _item_keys(message: MessageProxy) -> list[str]:
+    step = message.args[0] if message.args else message.kwargs.get("step")
+    if isinstance(step, Mapping):
+        items = step.get("items") or []
+        keys = [str(i["key"]) for i in items if isinstance(i, Mapping) and "key" in i]
+        if keys:
+            return keys
+    return [str(k) for k in message.kwargs.get("firing_keys") or []]
