@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -9,6 +10,8 @@ import typer
 from worker.cli import app
 from worker.config import Settings, SettingsError, load_settings
 from worker.logs import configure_logging
+from worker.rulebook import Rulebook
+from worker.rules.errors import RulesInvalid
 
 
 def settings_or_exit(**overrides: Any) -> Settings:
@@ -34,3 +37,14 @@ def show_config() -> None:
 
     settings = settings_or_exit()
     typer.echo(json.dumps(settings.public_dict(), indent=2))
+
+
+def rulebook_or_exit(path: Path) -> Rulebook:
+    """Load the rules; on errors print each located error and exit 1."""
+    try:
+        return Rulebook(path)
+    except RulesInvalid as exc:
+        for error in exc.errors:
+            typer.echo(error.format(), err=True)
+        typer.echo(f"inboxpilot: {len(exc.errors)} error(s) in the rules at {path}", err=True)
+        raise typer.Exit(1) from None

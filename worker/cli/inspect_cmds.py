@@ -1,0 +1,102 @@
+"""`inboxpilot plan` and `inboxpilot explain`: look before the worker acts. Both only read the API."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from worker.cli import app
+
+if TYPE_CHECKING:
+    from worker.planning import Step
+
+from worker.cli.common import rulebook_or_exit, settings_or_exit
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not an ISO 8601 time (e.g. 2026-11-25T14:30:00Z)") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@app.command("explain")
+def explain(
+    conversation: int = typer.Option(..., "--conversation", "-c", help="Conversation id"),
+    at: str | None = typer.Option(None, "--at", help="Evaluate at this ISO time instead of now"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
+) -> None:
+    """Fetch one conversation and show, per rule, whether it matches, why, and when it will fire."""
+    from worker.api.client import ApiClient
+    from worker.api.errors import ApiError
+    from worker.api.services import Services
+    from worker.rules.evaluator import evaluate
+    from worker.rules.explain import format_explanation
+    from worker.snapshots import read_snapshot
+
+    settings = settings_or_exit()
+    rules = rulebook_or_exit(settings.rules_path)
+    api = Services(ApiClient.from_settings(settings))
+    try:
+        record = api.conversations.get(conversation)
+        snapshot = read_snapshot(api, rules.ruleset, record)
+    except ApiError as exc:
+        typer.echo(f"inboxpilot: cannot read conversation {conversation}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if snapshot is None:
+        typer.echo(
+            f"inboxpilot: cannot read the messages or contact of conversation {conversation}", err=True
+        )
+        raise typer.Exit(1)
+    now = _parse_time(at) or datetime.now(UTC)
+    evaluation = evaluate(rules.ruleset, snapshot, now, explain=True)
+    typer.echo(format_explanation(evaluation, "json" if as_json else "text"))
+
+
+@app.command("plan")
+def plan_command(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
+    full: bool = typer.Option(False, "--full", help="Every open conversation, not only changes"),
+) -> None:
+    """Dry run: poll once and print what would be done. Calls no mutating endpoint, claims nothing."""
+    from worker.runtime import Runtime
+    from worker.scheduling.loop import Loop
+
+    settings = settings_or_exit()
+    rules = rulebook_or_exit(settings.rules_path)
+
+    class _Keep:
+        steps: list[Step] = []
+
+        def enqueue(self, step: Step) -> None:
+            self.steps.append(step)
+
+    runtime = Runtime.build(settings, rulebook=rules)
+    loop = Loop(runtime, _Keep(), dry_run=True)
+    report = loop.resync_once() if full else loop.poll_once()
+    rows: list[dict[str, Any]] = [
+        {"rule": i.rule_id, "conversation": i.conversation_id, "key": i.key, "do": _describe(s)}
+        for s in report.steps
+        for i in s.items
+    ]
+    if as_json:
+        typer.echo(json.dumps({"conversations": report.conversations, "planned": rows}, indent=2))
+        return
+    typer.echo(f"{report.conversations} conversations evaluated, {len(rows)} actions planned")
+    for row in rows:
+        typer.echo(f"  {row['rule']:<32} conversation {row['conversation']:<8} {row['do']}  [{row['key']}]")
+    for line in report.deferred:
+        typer.echo(f"  deferred: {line}")
+
+
+def _describe(step: Step) -> str:
+    if step.bulk is not None:
+        fields = ", ".join(f"{k}={v}" for k, v in step.bulk.fields)
+        return f"{step.bulk.action}({fields})"
+    return str(step.action.get("type", step.kind))
