@@ -59,6 +59,14 @@ class UpdatedAtIndex:
                 hi = min(hi, after)
         return lo, max(lo, hi)
 
+    def page_ids(self, lo: int, hi: int, skip: int, limit: int, *, reverse: bool = False) -> list[int]:
+        """The ids of one page of [lo, hi): positions are computed, so a deep `$skip` costs nothing."""
+        if reverse:
+            start, stop = max(lo, hi - skip - limit), max(lo, hi - skip)
+        else:
+            start, stop = min(hi, lo + skip), min(hi, lo + skip + limit)
+        return list(self.ids(start, stop, reverse=reverse))
+
     def ids(self, lo: int, hi: int, *, reverse: bool = False) -> Iterator[int]:
         positions = range(hi - 1, lo - 1, -1) if reverse else range(lo, hi)
         keys = self._keys

@@ -151,10 +151,10 @@ class ConversationCollection(Collection):
     def _ordered_page(
         self, lo: int, hi: int, reverse: bool, filters: dict[str, Any], params: FindParams
     ) -> tuple[int, list[Rec]]:
-        ids = self.index.ids(lo, hi, reverse=reverse)
-        if not filters:  # total is the range size; the page is a slice: O(log N + page)
-            page_ids = itertools.islice(ids, params.skip, params.skip + params.limit)
+        if not filters:  # total is the range size; the page is a slice: O(log N + page), any $skip
+            page_ids = self.index.page_ids(lo, hi, params.skip, params.limit, reverse=reverse)
             return hi - lo, [self.records[rid] for rid in page_ids]
+        ids = self.index.ids(lo, hi, reverse=reverse)
         total, page = 0, []
         for rid in ids:
             record = self.records[rid]
