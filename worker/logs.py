@@ -105,7 +105,7 @@ def configure_logging(
     root.handlers[:] = [handler]
     root.setLevel(level)
     # httpx logs every request URL at INFO; keep it (and httpcore) quiet.
-    for noisy in ("httpx", "httpcore", "uvicorn.access"):
+    for noisy in ("httpx", "httpcore", "uvicorn.access", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     structlog.configure(
         processors=[

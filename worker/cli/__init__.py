@@ -24,6 +24,7 @@ from worker.cli import (  # noqa: E402
     common,  # noqa: F401
     inspect_cmds,  # noqa: F401
     rules_cmds,  # noqa: F401
+    run_cmds,  # noqa: F401
     sandbox,  # noqa: F401
 )
 

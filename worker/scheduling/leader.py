@@ -100,7 +100,7 @@ class LeaderLease:
         if not token:
             return False
         self._set(token, start)
-        log.info("leader_acquired", lease=self.name, token=token)
+        log.info("leader_acquired", lease=self.name, fence=token)
         return True
 
     def renew(self) -> bool:
@@ -125,7 +125,7 @@ class LeaderLease:
         if self._token is None:
             return
         self._release(keys=[self.key], args=[str(self._token)])
-        log.info("leader_released", lease=self.name, token=self._token)
+        log.info("leader_released", lease=self.name, fence=self._token)
         self._token = None
         self._valid_until = None
         IS_LEADER.set(0)
@@ -136,7 +136,7 @@ class LeaderLease:
         IS_LEADER.set(1)
 
     def _lose(self, why: str) -> None:
-        log.warning("leader_lost", lease=self.name, token=self._token, reason=why)
+        log.warning("leader_lost", lease=self.name, fence=self._token, reason=why)
         self._token = None
         self._valid_until = None
         IS_LEADER.set(0)

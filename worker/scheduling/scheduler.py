@@ -83,7 +83,7 @@ class SchedulerService:
         was = self.lease.is_leader
         now = self.lease.try_acquire()
         if now and not was:
-            log.info("became_leader", token=self.lease.token)
+            log.info("became_leader", fence=self.lease.token)
         elif was and not now:
             log.warning("lost_leadership")
         return now

@@ -134,7 +134,7 @@ class Watermark:
         seen = json.dumps(sorted(state.seen_ids))
         args = [str(token), state.updated_at.isoformat(), seen]
         if not self._save(keys=[self.key, self._lease_key], args=args):
-            log.warning("watermark_write_refused", watermark=self.key, token=token)
+            log.warning("watermark_write_refused", watermark=self.key, fence=token)
             return False
         self._state = state
         return True

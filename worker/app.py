@@ -1,0 +1,96 @@
+"""Assembly: settings -> runtime, broker, actors, loop, scheduler. No logic of its own.
+
+`App.build` is the one place a process wires the parts together; the CLI's
+`run` and `demo`, the dramatiq entry module and the end-to-end tests all use it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import dramatiq
+import httpx
+
+from worker.actors import QUEUE, Actors, declare_actors, on_dead_letter
+from worker.api.errors import ApiError
+from worker.api.services import CONVERSATIONS
+from worker.broker import build_broker
+from worker.clock import Clock
+from worker.config import Settings
+from worker.health import HealthServer
+from worker.middleware import DeadLetterNotice
+from worker.rulebook import Rulebook
+from worker.runtime import Runtime, set_runtime
+from worker.scheduling.loop import Loop
+from worker.scheduling.scheduler import SchedulerService
+
+
+class ApiProbe:
+    """Readiness of the API: one cheap find, remembered for a while so probes do not load the API."""
+
+    def __init__(self, runtime: Runtime, ttl_s: float = 15.0) -> None:
+        self._runtime = runtime
+        self._ttl_s = ttl_s
+        self._last: tuple[float, bool, str] | None = None
+
+    def __call__(self) -> tuple[bool, str]:
+        now = time.monotonic()
+        if self._last is None or now - self._last[0] > self._ttl_s:
+            try:
+                client = self._runtime.api.client
+                client.find_page(CONVERSATIONS, {"organization_id": client.organization_id, "$limit": 1})
+                self._last = (now, True, "reachable")
+            except ApiError as exc:
+                self._last = (now, False, f"{type(exc).__name__}: {exc}"[:200])
+        return self._last[1], self._last[2]
+
+
+@dataclass
+class App:
+    runtime: Runtime
+    broker: dramatiq.Broker
+    actors: Actors
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        transport: httpx.BaseTransport | None = None,
+        rulebook: Rulebook | None = None,
+        redrive_after_s: float | None = None,
+    ) -> App:
+        runtime = Runtime.build(
+            settings, clock=clock, transport=transport, rulebook=rulebook, redrive_after_s=redrive_after_s
+        )
+        set_runtime(runtime)
+        broker = build_broker(settings, extra_middleware=[DeadLetterNotice(on_dead_letter=on_dead_letter)])
+        return cls(runtime, broker, declare_actors(broker))
+
+    def loop(self) -> Loop:
+        return Loop(self.runtime, self.actors)
+
+    def scheduler(self) -> SchedulerService:
+        return SchedulerService(self.loop())
+
+    def worker(self, threads: int) -> dramatiq.Worker:
+        return dramatiq.Worker(self.broker, queues={QUEUE}, worker_threads=threads)
+
+    def health_server(self, port: int) -> HealthServer:
+        """/healthz, /readyz (Redis, API, rules) and /metrics on `port`, started."""
+        runtime = self.runtime
+        server = HealthServer(port=port)
+        server.add_check("redis", lambda: (bool(runtime.redis.ping()), "PING"))
+        server.add_check(
+            "rules",
+            lambda: (not runtime.rulebook.errors, f"{len(runtime.rulebook.ruleset.rules)} rules active"),
+        )
+        server.add_check("api", ApiProbe(runtime))
+        return server.start()
+
+    def close(self) -> None:
+        self.broker.close()
+        self.runtime.close()
+        set_runtime(None)

@@ -1,0 +1,92 @@
+"""`inboxpilot run`: the scheduler, the workers, or both in one process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from enum import StrEnum
+
+import typer
+
+from worker.cli import app
+from worker.cli.common import rulebook_or_exit, settings_or_exit
+from worker.logs import get_logger
+
+log = get_logger("worker.run")
+
+
+class Role(StrEnum):
+    all = "all"
+    scheduler = "scheduler"
+    worker = "worker"
+
+
+@app.command("run")
+def run(
+    role: Role = typer.Option(Role.all, "--role", help="all = scheduler and worker threads in one process"),
+    threads: int = typer.Option(8, "--threads", min=1, max=256, help="Worker threads per process"),
+    processes: int = typer.Option(1, "--processes", min=1, max=64, help="Worker processes (role worker)"),
+) -> None:
+    """Run the worker until SIGTERM/Ctrl-C; in-flight actions finish before it exits."""
+    settings = settings_or_exit()
+    if not settings.redis_url:
+        if role is not Role.all:
+            typer.echo(
+                "inboxpilot: --role scheduler/worker needs INBOXPILOT_REDIS_URL (shared state)", err=True
+            )
+            raise typer.Exit(2)
+        log.warning(
+            "embedded_redis",
+            detail="no INBOXPILOT_REDIS_URL: the ledger, timers and queue live in this process "
+            "and do not survive a restart",
+        )
+    if role is Role.worker and processes > 1:
+        _exec_dramatiq(processes, threads)
+    rules = rulebook_or_exit(settings.rules_path)
+
+    from worker.app import App
+
+    built = App.build(settings, rulebook=rules)
+    health = built.health_server(settings.metrics_port) if settings.metrics_port else None
+    scheduler = built.scheduler() if role in (Role.all, Role.scheduler) else None
+    worker = built.worker(threads) if role in (Role.all, Role.worker) else None
+    if scheduler is not None and health is not None:
+        health.add_check("leader", lambda: (True, "leader" if scheduler.lease.is_leader else "standby"))
+    stop = _stop_event()
+    if worker is not None:
+        worker.start()
+    if scheduler is not None:
+        scheduler.start()
+    log.info("running", role=role.value, threads=threads if worker else 0)
+    stop.wait()
+    log.info("stopping", role=role.value)
+    if scheduler is not None:
+        scheduler.shutdown()  # stop polling first, release the lease
+    if worker is not None:
+        worker.stop()  # lets in-flight actors finish
+    if health is not None:
+        health.stop()
+    built.close()
+
+
+def _stop_event() -> threading.Event:
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+def _exec_dramatiq(processes: int, threads: int) -> None:
+    """Hand over to dramatiq's own multi-process worker (same environment)."""
+    args = [
+        sys.executable, "-m", "dramatiq", "worker.dramatiq_entry",
+        "--processes", str(processes), "--threads", str(threads),
+        "--queues", "inboxpilot", "--skip-logging",
+    ]  # fmt: skip
+    os.execv(sys.executable, args)

@@ -1,0 +1,16 @@
+"""The module `dramatiq` imports in each worker process (`inboxpilot run --role worker
+--processes N`): it builds the app from the environment, which declares the actors
+on the global broker."""
+
+from __future__ import annotations
+
+from worker.app import App
+from worker.config import load_settings
+from worker.logs import configure_logging
+
+_settings = load_settings()
+configure_logging(
+    _settings.log_level, _settings.log_format, secrets=[_settings.api_token.get_secret_value()]
+)
+app = App.build(_settings)
+broker = app.broker
