@@ -428,3 +428,9 @@ def test_token_never_in_logs_errors_or_reprs(clock: FakeClock, logs: io.StringIO
         assert TOKEN not in repr(exc)
         assert TOKEN not in repr(vars(exc))
     assert TOKEN not in repr(client)
+
+
+def test_ids_are_quoted_into_one_path_segment(clock: FakeClock) -> None:
+    rec = Recorder(httpx.Response(200, json={"_id": "a/b"}))
+    make_client(rec, clock).get("/conversation-messages-sms", "a/../b")
+    assert rec.requests[0].url.raw_path == b"/conversation-messages-sms/a%2F..%2Fb"

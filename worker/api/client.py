@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -187,7 +188,7 @@ class ApiClient:
             yield parse_record(model, record, path)
 
     def get(self, path: str, id: int | str, query: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return _expect_object(self.request("GET", f"{path}/{id}", query=query), "GET", path)
+        return _expect_object(self.request("GET", _item(path, id), query=query), "GET", path)
 
     def create(
         self, path: str, body: Mapping[str, Any], *, idempotency_key: str | None = None
@@ -205,12 +206,12 @@ class ApiClient:
         query: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         result = self.request(
-            "PATCH", f"{path}/{id}", query=query, json_body=body, idempotency_key=idempotency_key
+            "PATCH", _item(path, id), query=query, json_body=body, idempotency_key=idempotency_key
         )
         return _expect_object(result, "PATCH", path)
 
     def remove(self, path: str, id: int | str, query: Mapping[str, Any] | None = None) -> Any:
-        return self.request("DELETE", f"{path}/{id}", query=query)
+        return self.request("DELETE", _item(path, id), query=query)
 
     # --- the request loop -------------------------------------------------------
 
@@ -331,6 +332,11 @@ class ApiClient:
             self._on_response(service_of(path), method, status, seconds)
         except Exception:  # a metrics hook must never break a call
             log.warning("api_response_hook_failed", exc_info=True)
+
+
+def _item(path: str, id: int | str) -> str:
+    """`/service/:id`, the id quoted so it can never add a path segment."""
+    return f"{path.rstrip('/')}/{quote(str(id), safe='')}"
 
 
 def service_of(path: str) -> str:

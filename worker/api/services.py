@@ -72,7 +72,12 @@ class ConversationsService:
     def changed_since(
         self, since: datetime | str | None, query: Mapping[str, Any] | None = None
     ) -> Iterator[Conversation]:
-        """Conversations with `updated_at >= since`, oldest change first (id breaks ties)."""
+        """Conversations with `updated_at >= since`, oldest change first (id breaks ties).
+
+        Pages by `$skip`: a record updated mid-pass moves to the end (seen once,
+        deduped), but the records behind it shift one place earlier, so one may be
+        missed in this pass. The poller pages on a moving `updated_at` bound instead.
+        """
         full = dict(query or {})
         if since is not None:
             full["updated_at"] = {"$gte": since}
