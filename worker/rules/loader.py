@@ -94,10 +94,16 @@ def join(path: str, part: int | str) -> str:
     return f"{path}.{part}" if path else str(part)
 
 
+def _plain_key(key: Any) -> Any:
+    # YAML allows complex keys (`? [a, b]`); plain dicts need hashable ones.
+    plain = to_plain(key)
+    return plain if isinstance(plain, str | int | float | bool) or plain is None else str(plain)
+
+
 def to_plain(node: Any) -> Any:
     """ruamel's round-trip types to plain Python for validation."""
     if isinstance(node, Mapping):
-        return {to_plain(k): to_plain(v) for k, v in node.items()}
+        return {_plain_key(k): to_plain(v) for k, v in node.items()}
     if isinstance(node, list | tuple):
         return [to_plain(v) for v in node]
     if isinstance(node, bool) or node is None:
@@ -521,7 +527,8 @@ def _load_rules(docs: Sequence[tuple[_Doc, dict[str, tuple[Any, Pos]]]], state: 
 
 
 def _fingerprint(docs: Sequence[_Doc]) -> str:
-    canon = json.dumps([to_plain(d.data) for d in docs], sort_keys=True, default=str)
+    # Key order is the file's (mixed-type keys cannot be sorted); comments do not count.
+    canon = json.dumps([to_plain(d.data) for d in docs], default=str)
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,130 @@
+"""The shipped rule files: valid, documented in the schema, and doing their three jobs."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from worker.api.models import Contact, Conversation
+from worker.cli import app
+from worker.rules import Snapshot, evaluate, load_rules
+from worker.rules.actions import (
+    AssignAction,
+    AssignAiAssistantAction,
+    MoveAction,
+    ReplyAction,
+    SetStatusAction,
+)
+from worker.rules.schema import rules_json_schema
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "rules"
+SHIPPED = load_rules([RULES]).ruleset
+WED_11_BERLIN = datetime(2026, 3, 4, 10, 0, tzinfo=UTC)
+WED_22_BERLIN = datetime(2026, 3, 4, 21, 0, tzinfo=UTC)
+
+
+def test_defaults_and_examples_are_valid() -> None:
+    assert load_rules([RULES], strict=True).ruleset.rules
+    result = load_rules([RULES], recursive=True)
+    assert result.ok, [e.format() for e in result.errors]
+    assert {r.id for r in result.ruleset.all_rules} > {r.id for r in SHIPPED.all_rules}
+
+
+def test_examples_are_not_loaded_by_default() -> None:
+    assert not any(r.id.startswith("example-") for r in SHIPPED.all_rules)
+
+
+def test_cli_validate_exit_codes(tmp_path: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(app, ["validate", str(RULES)])
+    assert ok.exit_code == 0, ok.output
+    assert ok.output.startswith("ok: ")
+    assert runner.invoke(app, ["validate", "--recursive", str(RULES)]).exit_code == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "- id: x\n  when: {status: opn}\n  then: [unassign]\n- id: y\n  when: {}\n  then: [unassign]\n"
+    )
+    result = runner.invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith(str(bad))]
+    assert len(lines) == 2
+    assert (
+        lines[0] == f"{bad}:2:18: rule 'x': when.status.in[0]: Input should be 'open' or 'closed' (got 'opn')"
+    )
+    assert runner.invoke(app, ["validate", str(tmp_path / "empty")]).exit_code == 1
+
+
+def test_schema_file_is_in_sync() -> None:
+    result = CliRunner().invoke(app, ["schema"])
+    assert result.exit_code == 0
+    assert json.loads(result.output) == rules_json_schema()
+    committed = json.loads((RULES / "schema.json").read_text())
+    assert committed == rules_json_schema(), "run: inboxpilot schema > rules/schema.json"
+
+
+def test_schema_names_every_condition_and_action() -> None:
+    from worker.rules import ACTIONS, CONDITIONS
+
+    schema = rules_json_schema()
+    assert set(CONDITIONS) | {"all", "any", "not"} == set(schema["$defs"]["condition"]["properties"])
+    assert set(ACTIONS) == set(schema["$defs"]["action"]["anyOf"][1]["properties"])
+
+
+def _conv(**fields: object) -> Conversation:
+    base: dict[str, object] = {"id": 1, "channel": "whatsapp", "status": "open", "initiated_by": "customer"}
+    return Conversation.model_validate(base | fields)
+
+
+def _actions(conv: Conversation, now: datetime) -> dict[str, tuple[object, ...]]:
+    ev = evaluate(SHIPPED, Snapshot(conv, contact=Contact(id=1, name="Ann")), now)
+    return {m.rule_id: m.actions for m in ev.matches}
+
+
+def test_routing_in_and_out_of_hours() -> None:
+    new = _conv(created_at=WED_11_BERLIN, last_inbound_at=WED_11_BERLIN)
+    assert _actions(new, WED_11_BERLIN)["route-new-in-hours"] == (AssignAction(pool="frontline"),)
+    night = _actions(new, WED_22_BERLIN)
+    assert AssignAiAssistantAction(id=7) in night["route-new-after-hours"]
+    assert "route-new-in-hours" not in night
+    assert not _actions(_conv(initiated_by="team"), WED_11_BERLIN)  # skip_team_started
+
+
+def test_sla_warning_then_breach() -> None:
+    created = WED_11_BERLIN
+    conv = _conv(created_at=created, last_inbound_at=created, owner_id=101)
+    ev = evaluate(SHIPPED, Snapshot(conv), created)
+    warn, breach = ev.next_due["sla-first-response-warning"], ev.next_due["sla-first-response-breach"]
+    assert (warn - created, breach - created) == (timedelta(minutes=48), timedelta(hours=1))
+    assert "sla-first-response-warning" in _actions(conv, warn)
+    at_breach = _actions(conv, breach)
+    assert AssignAction(pool="leads") in at_breach["sla-first-response-breach"]
+    assert MoveAction(pipeline=1, stage=90) in at_breach["sla-first-response-breach"]
+    before_lunch = _conv(created_at=datetime(2026, 3, 4, 11, 0, tzinfo=UTC))  # 12:00 Berlin
+    due = evaluate(SHIPPED, Snapshot(before_lunch), before_lunch.created_at or created).next_due
+    assert due["sla-first-response-breach"] == datetime(2026, 3, 4, 13, 0, tzinfo=UTC)  # 14:00: lunch skipped
+    answered = conv.model_copy(update={"last_outbound_at": created + timedelta(minutes=5)})
+    assert "sla-first-response-breach" not in _actions(answered, breach)
+
+
+@pytest.mark.parametrize(("channel", "outside"), [("whatsapp", "template"), ("sms", "skip")])
+def test_followups_nudge_then_close(channel: str, outside: str) -> None:
+    replied = WED_11_BERLIN
+    conv = _conv(
+        channel=channel,
+        owner_id=101,
+        last_inbound_at=replied - timedelta(minutes=3),
+        last_outbound_at=replied,
+    )
+    assert not any(k.startswith("followup") for k in _actions(conv, replied + timedelta(hours=3)))
+    nudges = {
+        k: v for k, v in _actions(conv, replied + timedelta(hours=4)).items() if k.startswith("followup")
+    }
+    (reply,) = next(iter(nudges.values()))
+    assert isinstance(reply, ReplyAction) and reply.outside_window == outside
+    closing = _actions(conv, replied + timedelta(days=3))["followup-close"]
+    assert SetStatusAction(status="closed") in closing
