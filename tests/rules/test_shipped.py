@@ -103,7 +103,7 @@ def test_sla_warning_then_breach() -> None:
     assert "sla-first-response-warning" in _actions(conv, warn)
     at_breach = _actions(conv, breach)
     assert AssignAction(pool="leads") in at_breach["sla-first-response-breach"]
-    assert MoveAction(pipeline=1, stage=90) in at_breach["sla-first-response-breach"]
+    assert MoveAction(pipeline=1, stage=14) in at_breach["sla-first-response-breach"]
     before_lunch = _conv(created_at=datetime(2026, 3, 4, 11, 0, tzinfo=UTC))  # 12:00 Berlin
     due = evaluate(SHIPPED, Snapshot(before_lunch), before_lunch.created_at or created).next_due
     assert due["sla-first-response-breach"] == datetime(2026, 3, 4, 13, 0, tzinfo=UTC)  # 14:00: lunch skipped

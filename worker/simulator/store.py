@@ -21,6 +21,7 @@ from worker.simulator.query import RANGE_OPERATORS, FindParams, coerce, find_in,
 
 CHANNELS: tuple[str, ...] = ("whatsapp", "instagram", "messenger", "webchat", "sms", "playground")
 WINDOWED_CHANNELS = frozenset({"whatsapp", "instagram", "messenger"})
+# Pipeline 1: 11 New, 12 In progress, 13 Waiting on customer, 14 Escalated; pipeline 2: 21-23.
 PIPELINES: dict[int, tuple[int, ...]] = {1: (11, 12, 13, 14), 2: (21, 22, 23)}
 USERS: tuple[int, ...] = tuple(range(101, 111))
 AI_ASSISTANTS: tuple[int, ...] = (7, 8)
@@ -120,6 +121,13 @@ class ConversationCollection(Collection):
         super().clear()
         self.index = UpdatedAtIndex()
 
+    def candidates(self, filters: Mapping[str, Any]) -> Iterable[Rec]:
+        """By primary key when the query names ids (`id=` or `id[$in]`): O(ids), not O(N)."""
+        wanted = _named_ids(filters.get("id"))
+        if wanted is None:
+            return super().candidates(filters)
+        return [self.records[key] for key in dict.fromkeys(wanted) if key in self.records]
+
     def set_updated_at(self, record: Rec, when: datetime) -> None:
         self.index.discard((record["updated_at"], record["id"]))
         record["updated_at"] = when
@@ -164,6 +172,19 @@ class ConversationCollection(Collection):
                 page.append(record)
             total += 1
         return total, page
+
+
+def _named_ids(condition: Any) -> list[int] | None:
+    """The ids an `id` filter names, or None when it is not a plain equality or `$in` of ints."""
+    if isinstance(condition, dict) and set(condition) == {"$in"}:
+        condition = condition["$in"]
+    values = condition if isinstance(condition, list) else [condition]
+    ids = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+            return None  # anything else is left to the generic scan (and its errors)
+        ids.append(int(value))
+    return ids
 
 
 class Store:
