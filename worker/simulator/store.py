@@ -126,7 +126,8 @@ class ConversationCollection(Collection):
         wanted = _named_ids(filters.get("id"))
         if wanted is None:
             return super().candidates(filters)
-        return [self.records[key] for key in dict.fromkeys(wanted) if key in self.records]
+        # Ascending ids: the order a scan gives, since ids are handed out in insertion order.
+        return [self.records[key] for key in sorted(set(wanted)) if key in self.records]
 
     def set_updated_at(self, record: Rec, when: datetime) -> None:
         self.index.discard((record["updated_at"], record["id"]))
