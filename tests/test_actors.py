@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import dramatiq
 import pytest
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
 
 from tests.e2e._exec_helpers import applied_posts, flush_redis, plan_and_claim, posts, runtime_on
@@ -200,3 +201,32 @@ def test_enqueue_picks_the_actor_and_carries_the_firing_keys() -> None:
     with pytest.raises(ValueError, match="no actor"):
         actors.enqueue(Step("teleport", items))
     broker.close()
+
+
+def _proxy(step: Step, exception: BaseException | None) -> MessageProxy:
+    message: dramatiq.Message[None] = dramatiq.Message(
+        queue_name=QUEUE,
+        actor_name="send_reply",
+        args=(step.to_dict(),),
+        kwargs={"firing_keys": [i.key for i in step.items]},
+        options={},
+    )
+    proxy = MessageProxy(message)
+    if exception is not None:
+        proxy.stuff_exception(exception)
+    return proxy
+
+
+def test_dead_letter_callback_fails_errors_but_leaves_age_drops_for_redrive(
+    simulator: SimulatorHandle, start: Start
+) -> None:
+    harness = start(ACK_ONLY)
+    first, second = (
+        step for conv in customers_waiting(simulator, 2) for step in plan_and_claim(harness.runtime, [conv])
+    )
+    on_dead_letter(_proxy(first, RuntimeError("boom")))
+    on_dead_letter(_proxy(second, None))  # AgeLimit: no error, the message just waited too long
+    failed = harness.runtime.ledger.get(first.items[0].key)
+    pending = harness.runtime.ledger.get(second.items[0].key)
+    assert failed is not None and (failed.state, failed.reason) == ("failed", "dead_lettered")
+    assert pending is not None and pending.state == "pending"

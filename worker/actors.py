@@ -116,13 +116,22 @@ def declare_actors(broker: dramatiq.Broker, *, max_retries: int = MAX_RETRIES) -
 
 
 def on_dead_letter(message: MessageProxy) -> None:
-    """`DeadLetterNotice` callback: the message's items end as failed "dead_lettered"."""
+    """`DeadLetterNotice` callback: the message's items end as failed "dead_lettered".
+
+    A message dropped without an error (AgeLimit: it waited too long on the
+    queue) is not a failed firing: its items stay pending and the ledger
+    re-drives them with fresh state.
+    """
+    keys = _item_keys(message)
+    if message._exception is None:
+        log.info("dead_letter_left_for_redrive", message_id=message.message_id, keys=len(keys))
+        return
     try:
         ledger = get_runtime().ledger
     except RuntimeError:
         log.warning("dead_letter_not_recorded", message_id=message.message_id, reason="no runtime")
         return
-    for key in _item_keys(message):
+    for key in keys:
         ledger.mark_failed(key, DEAD_LETTERED)
 
 

@@ -51,6 +51,7 @@ from dramatiq.errors import Retry
 
 from worker.api.errors import ApiError, NotFound, RateLimited
 from worker.api.models import WINDOWED_CHANNELS, Contact, Conversation, Message
+from worker.broker import TIME_LIMIT_MS
 from worker.logs import get_logger
 from worker.metrics import ACTIONS, FIRINGS, RECONCILIATIONS
 from worker.planning import BulkChange, Item, Step
@@ -64,9 +65,9 @@ from worker.runtime import Runtime
 log = get_logger(__name__)
 
 EXEC_LOCK_PREFIX = "inboxpilot:exec:"
-# Held for about one actor attempt: dramatiq's TimeLimit (worker.broker, 60 s)
-# interrupts an attempt before the lock can expire under it.
-EXEC_LOCK_TTL_MS = 65_000
+# Held for about one actor attempt: dramatiq's TimeLimit interrupts an attempt
+# before the lock can expire under it.
+EXEC_LOCK_TTL_MS = TIME_LIMIT_MS + 5_000
 # A second delivery that finds the item busy retries quietly after this long.
 BUSY_RETRY_MS = 2_000
 WINDOW = timedelta(hours=24)
@@ -506,6 +507,7 @@ def _send_one(runtime: Runtime, action: ReplyAction | NoteAction, run: Run) -> N
     fresh = read_one(runtime, run)
     if fresh is None:
         return
+    plan: SendPlan | None = None
     if run.attempt > 1:
         plan = send_plan(runtime, action, fresh)
         if plan.skip is None and already_sent(runtime, run, fresh, plan):
@@ -517,7 +519,7 @@ def _send_one(runtime: Runtime, action: ReplyAction | NoteAction, run: Run) -> N
     if reason is not None:
         finish(runtime, run, "skipped", reason=reason)
         return
-    plan = send_plan(runtime, action, fresh)
+    plan = plan or send_plan(runtime, action, fresh)
     if plan.skip is not None:
         finish(runtime, run, "skipped", reason=plan.skip)
         return
