@@ -217,3 +217,27 @@ def test_rule_edit_takes_effect_and_a_broken_edit_keeps_the_old_rules(
     second = simulator.sim.new_conversation(channel="sms")
     running.tick()
     assert simulator.sim.conversation(second["id"])["owner_id"] == 104
+
+
+def test_a_claim_whose_message_was_lost_is_redriven(simulator: SimulatorHandle, start: Start) -> None:
+    """The scheduler died between claim and enqueue: the ledger notices and the firing still happens once."""
+    running = start(ROUTING_AND_SLA)
+    conv = simulator.sim.new_conversation(channel="webchat")
+
+    class Lost:
+        def enqueue(self, step: object) -> None:
+            """The message never reaches the broker."""
+
+    crashed = running.app.loop()
+    crashed.dispatcher = Lost()
+    crashed.poll_once()
+    assert running.app.runtime.ledger.pending_count() == 1
+    assert running.loop.redrive_once() == 0  # not yet: it may still be on its way
+    simulator.clock.advance(running.app.runtime.ledger.redrive_after_s + 1)
+    assert running.loop.redrive_once() == 1
+    running.drain()
+    running.loop.resync_once()
+    running.drain()
+    assigns = [e for e in applied_posts(simulator, BULK_ACTIONS) if e.body["action"] == "assign"]
+    assert [a.body["conversation_ids"] for a in assigns] == [[conv["id"]]]
+    assert running.app.runtime.ledger.pending_count() == 0
