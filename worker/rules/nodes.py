@@ -53,6 +53,7 @@ class Leaf(Node):
         self.cond = cond
         self.path = path
         self._label = cond.label()  # labels are static: build them once
+        self._static: Test | None = None  # the compiled test, for `due` of record-only conditions
 
     def label(self) -> str:
         return self._label
@@ -66,7 +67,13 @@ class Leaf(Node):
         return result
 
     def due(self, ctx: EvalContext, at: datetime, want: bool) -> datetime | None:
-        return self.cond.due(ctx, at, want)
+        if self.cond.time_bound:
+            return self.cond.due(ctx, at, want)
+        # A record-only condition never changes on its own: now or never. The compiled
+        # predicate answers it without a context copy or slow pydantic private attributes.
+        if self._static is None:
+            self._static = self.cond.compile()
+        return at if self._static(ctx) == want else None
 
     def leaves(self) -> Iterator[Leaf]:
         yield self
