@@ -73,7 +73,7 @@ class App:
         return Loop(self.runtime, self.actors)
 
     def scheduler(self) -> SchedulerService:
-        return SchedulerService(self.loop())
+        return SchedulerService(self.loop(), lease_ttl_s=self.runtime.settings.lease_ttl_s)
 
     def worker(self, threads: int) -> dramatiq.Worker:
         return dramatiq.Worker(self.broker, queues={QUEUE}, worker_threads=threads)

@@ -73,6 +73,15 @@ class Settings(BaseSettings):
     ledger_ttl_s: int = Field(
         default=30 * 24 * 3600, ge=3600, description="How long firing keys are remembered."
     )
+    redrive_after_s: float = Field(
+        default=180.0,
+        gt=0,
+        le=86400,
+        description="A claim not finished this long after its last attempt is re-enqueued by the ledger.",
+    )
+    lease_ttl_s: float = Field(
+        default=10.0, ge=1, le=600, description="Scheduler leader lease; a standby takes over within it."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto = console on a terminal, JSON otherwise."

@@ -17,7 +17,7 @@ from worker.api.client import ApiClient
 from worker.api.services import Services
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
-from worker.ledger import DEFAULT_REDRIVE_AFTER_S, Ledger
+from worker.ledger import Ledger
 from worker.redis_conn import connect
 from worker.rulebook import Rulebook
 from worker.scheduling.timers import DueTimers
@@ -54,7 +54,7 @@ class Runtime:
                 client,
                 clock,
                 ttl_s=settings.ledger_ttl_s,
-                redrive_after_s=redrive_after_s or DEFAULT_REDRIVE_AFTER_S,
+                redrive_after_s=redrive_after_s or settings.redrive_after_s,
             ),
             timers=DueTimers(client),
             rulebook=rulebook or Rulebook(Path(settings.rules_path)),
