@@ -103,7 +103,9 @@ def _naive(bench: Bench, naive: NaivePoller, transport: CountingTransport, chang
     return Tick(changed, transport.total, transport.bytes_in, seconds, len(records), bench.app.ms_per_request)
 
 
-def measure(n: int, change_ticks: int, naive_ticks: int, seed: int = 1) -> SizeResult:
+def measure(
+    n: int, change_ticks: int, naive_ticks: int, seed: int = 1, changes_per_tick: int | None = None
+) -> SizeResult:
     with served() as bench:
         bench.sim.seed(n, seed=seed)
         transport = CountingTransport()
@@ -120,7 +122,8 @@ def measure(n: int, change_ticks: int, naive_ticks: int, seed: int = 1) -> SizeR
         if naive_ticks:
             result.naive_quiet = _naive(bench, naive, naive_transport, 0)
         for tick in range(change_ticks):
-            changed = _change(bench, rng, n, max(1, round(n * CHANGE_FRACTION)))
+            count = changes_per_tick if changes_per_tick is not None else max(1, round(n * CHANGE_FRACTION))
+            changed = _change(bench, rng, n, count)
             result.ours.append(_ours(bench, loop, transport, changed))
             if tick < naive_ticks:
                 result.naive.append(_naive(bench, naive, naive_transport, changed))
