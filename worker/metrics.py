@@ -61,6 +61,26 @@ RULES_LOAD_ERRORS = Gauge(
     "inboxpilot_rules_load_errors", "Errors in the last rules load (0 = clean)", registry=REGISTRY
 )
 IS_LEADER = Gauge("inboxpilot_is_leader", "1 when this scheduler holds the leader lease", registry=REGISTRY)
-QUARANTINED = Gauge(
-    "inboxpilot_quarantined_conversations", "Conversations set aside after errors", registry=REGISTRY
-)
+
+
+def observe_api_response(service: str, method: str, status: int, seconds: float) -> None:
+    """`ApiClient` on_response hook: request count, latency and 429s (status 0 = no answer)."""
+    API_REQUESTS.labels(service=service, method=method, status=str(status)).inc()
+    API_LATENCY_S.labels(service=service, method=method).observe(seconds)
+    if status == 429:
+        RATE_LIMITED.inc()
+
+
+def observe_api_backoff(seconds: float) -> None:
+    """`ApiClient` on_backoff hook: time a client thread is about to wait before a retry."""
+    BACKOFF_S.inc(seconds)
+
+
+_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+
+
+def metric_names() -> set[str]:
+    """Every series name a scrape can show (`_total`, `_bucket`, ... included); for dashboards."""
+    return {
+        family.name + suffix for family in REGISTRY.collect() for suffix in _SUFFIXES.get(family.type, ("",))
+    }

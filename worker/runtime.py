@@ -18,6 +18,7 @@ from worker.api.services import Services
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
 from worker.ledger import Ledger
+from worker.metrics import observe_api_backoff, observe_api_response
 from worker.redis_conn import connect
 from worker.rulebook import Rulebook
 from worker.scheduling.timers import DueTimers
@@ -49,7 +50,15 @@ class Runtime:
             settings=settings,
             clock=clock,
             redis=client,
-            api=Services(ApiClient.from_settings(settings, clock=clock, transport=transport)),
+            api=Services(
+                ApiClient.from_settings(
+                    settings,
+                    clock=clock,
+                    transport=transport,
+                    on_response=observe_api_response,
+                    on_backoff=observe_api_backoff,
+                )
+            ),
             ledger=Ledger(
                 client,
                 clock,

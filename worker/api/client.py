@@ -34,6 +34,8 @@ log = get_logger(__name__)
 
 ResponseHook = Callable[[str, str, int, float], None]
 """on_response(service, method, status, seconds); status 0 means no HTTP answer."""
+BackoffHook = Callable[[float], None]
+"""on_backoff(seconds): called before the client sleeps to retry a read."""
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
 
@@ -65,6 +67,7 @@ class ApiClient:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         on_response: ResponseHook | None = None,
+        on_backoff: BackoffHook | None = None,
         backoff_base_s: float = BACKOFF_BASE_S,
         backoff_max_s: float = BACKOFF_MAX_S,
         max_retry_after_s: float = MAX_RETRY_AFTER_S,
@@ -84,6 +87,7 @@ class ApiClient:
         self._backoff_max_s = backoff_max_s
         self._max_retry_after_s = max_retry_after_s
         self._on_response = on_response
+        self._on_backoff = on_backoff
         self._bucket = TokenBucket(rate_limit_per_s, rate_burst, self._clock)
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -244,6 +248,7 @@ class ApiClient:
                     attempt=attempt + 1,
                     delay_s=round(delay_s, 3),
                 )
+                self._note_backoff(delay_s)
                 self._clock.sleep(delay_s)
                 attempt += 1
 
@@ -332,6 +337,14 @@ class ApiClient:
             self._on_response(service_of(path), method, status, seconds)
         except Exception:  # a metrics hook must never break a call
             log.warning("api_response_hook_failed", exc_info=True)
+
+    def _note_backoff(self, seconds: float) -> None:
+        if self._on_backoff is None:
+            return
+        try:
+            self._on_backoff(seconds)
+        except Exception:  # a metrics hook must never break a call
+            log.warning("api_backoff_hook_failed", exc_info=True)
 
 
 def _item(path: str, id: int | str) -> str:
