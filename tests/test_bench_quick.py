@@ -1,0 +1,56 @@
+"""The benchmarks' quick modes, so they never rot: only their deterministic structure is
+asserted (request and call counts), never a timing goal. Nothing is written to RESULTS.md."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench import action_cost, eval_throughput, growth, poll_cost
+
+QUICK = ["--quick", "--no-save"]
+
+
+@pytest.mark.slow
+def test_poll_cost_quiet_tick_is_one_request_and_busy_ticks_page_only_the_changes() -> None:
+    for result in poll_cost.main(QUICK):
+        assert result.quiet.requests == 1
+        assert result.naive_quiet is not None
+        assert result.naive_quiet.requests == math.ceil(result.n / 50)
+        assert result.naive_quiet.seen == result.n
+        for tick in result.ours:
+            assert tick.seen == tick.changed > 0  # every changed conversation, once
+            assert tick.requests <= math.ceil(tick.changed / 50) + 1
+        for tick in result.naive:
+            assert tick.requests == math.ceil(result.n / 50)
+
+
+@pytest.mark.slow
+def test_action_cost_is_one_bulk_call_per_50() -> None:
+    for result in action_cost.main(QUICK):
+        assert result.steps == result.bulk_calls == math.ceil(result.k / 50)
+        assert result.read_backs == math.ceil(result.k / 50)
+        assert result.naive_calls == result.k
+        assert result.assigned_ours == result.assigned_naive == result.k
+
+
+@pytest.mark.slow
+def test_eval_throughput_counts_every_evaluation_and_holds_the_timers() -> None:
+    results, held = eval_throughput.main(QUICK)
+    record_only, everything = results
+    assert 0 < record_only.rules < everything.rules
+    assert record_only.conversations == everything.conversations == 5_000
+    assert everything.matches > 0 and everything.timers > 0
+    embedded = [h for h in held if h.where.startswith("embedded")]
+    assert [h.timers for h in embedded][1] == 3 * 5_000
+    assert all(h.rss_mb > 0 for h in held)
+
+
+@pytest.mark.slow
+def test_growth_keeps_the_quiet_tick_at_one_request_for_every_n() -> None:
+    rows = growth.main(QUICK)
+    assert [r.n for r in rows] == [1_000, 2_000]
+    assert all(r.quiet == 1 for r in rows)
+    assert [r.naive_requests for r in rows] == [20, 40]
+    assert all(r.fixed_requests <= math.ceil(growth.FIXED_CHANGES / 50) + 1 for r in rows)
