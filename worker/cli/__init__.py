@@ -22,6 +22,7 @@ def _root() -> None:
 # Command modules register themselves on `app` when imported.
 from worker.cli import (  # noqa: E402
     common,  # noqa: F401
+    deadletters,  # noqa: F401
     demo,  # noqa: F401
     inspect_cmds,  # noqa: F401
     rules_cmds,  # noqa: F401
