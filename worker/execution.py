@@ -14,7 +14,11 @@ pipeline:
    the item as skipped;
 4. reconcile when ``attempt > 1`` (an earlier attempt may have been applied:
    a timeout, a 5xx after commit): read back the effect and count it as done
-   when it is there. This comes *before* the re-check because our own earlier
+   when it is there. Replies and notes are read back on *every* attempt,
+   against the messages created since the firing's situation began (the
+   customer's message, the stage entry, the assignment): after a Redis that
+   lost its data the ledger no longer knows a send happened, and the attempt
+   number is 1 again. This comes *before* the re-check because our own earlier
    effect usually makes the rule false (our reply *is* the team's answer);
 5. re-check: the item's rule, evaluated on the fresh snapshot, must still
    produce the item's firing key, else the item is skipped as moot (the team
@@ -42,7 +46,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any, Literal
 
@@ -482,10 +486,33 @@ def send_plan(runtime: Runtime, action: ReplyAction | NoteAction, fresh: Fresh) 
     return replace(plan, could_have_sent=possible)
 
 
-def already_sent(runtime: Runtime, run: Run, fresh: Fresh, plan: SendPlan) -> bool:
-    """Read-back: is there an outbound message with our text, made since the firing was claimed?"""
+# When the situation a firing answers began, by the rule's `once` (API time). A message
+# answering the situation was created at or after it; `per_conversation` has no start.
+SITUATION_START: dict[str, Callable[[Conversation], datetime | None]] = {
+    "per_conversation": lambda c: None,
+    "per_inbound_message": lambda c: c.last_inbound_at,
+    "per_stage_entry": lambda c: c.stage_entered_at,
+    "per_assignment": lambda c: c.assigned_at,
+}
+BEGINNING = datetime.min.replace(tzinfo=UTC)
+
+
+def read_back_since(runtime: Runtime, run: Run, fresh: Fresh) -> datetime:
+    """The earliest creation time a message of this firing can have.
+
+    From the situation's start rather than the ledger's claim, so that a send
+    made before the ledger lost its data still counts.
+    """
+    rule = runtime.rulebook.ruleset.get(run.item.rule_id)
+    if rule is not None:
+        return utc(SITUATION_START[rule.once](fresh.conversation)) or BEGINNING
     entry = runtime.ledger.get(run.item.key)
-    since = (entry.claimed_at if entry else runtime.clock.now()) - CLOCK_SKEW
+    return (entry.claimed_at if entry else runtime.clock.now()) - CLOCK_SKEW
+
+
+def already_sent(runtime: Runtime, run: Run, fresh: Fresh, plan: SendPlan) -> bool:
+    """Read-back: is there an outbound message with our text, made since the situation began?"""
+    since = read_back_since(runtime, run, fresh)
     return any(
         m.direction == "outbound"
         and m.message_type in plan.could_have_sent
@@ -507,19 +534,19 @@ def _send_one(runtime: Runtime, action: ReplyAction | NoteAction, run: Run) -> N
     fresh = read_one(runtime, run)
     if fresh is None:
         return
-    plan: SendPlan | None = None
+    # Every attempt reads back, not only retries: attempt 1 may follow a send the
+    # ledger forgot (Redis restarted without its data). The actor re-reads anyway.
+    plan = send_plan(runtime, action, fresh)
+    if plan.skip is None and already_sent(runtime, run, fresh, plan):
+        RECONCILIATIONS.labels(result="already_applied").inc()
+        finish(runtime, run, "done", reconciled=True, message_type=plan.message_type)
+        return
     if run.attempt > 1:
-        plan = send_plan(runtime, action, fresh)
-        if plan.skip is None and already_sent(runtime, run, fresh, plan):
-            RECONCILIATIONS.labels(result="already_applied").inc()
-            finish(runtime, run, "done", reconciled=True, message_type=plan.message_type)
-            return
         RECONCILIATIONS.labels(result="not_applied").inc()
     reason = moot_reason(runtime, run, fresh)
     if reason is not None:
         finish(runtime, run, "skipped", reason=reason)
         return
-    plan = plan or send_plan(runtime, action, fresh)
     if plan.skip is not None:
         finish(runtime, run, "skipped", reason=plan.skip)
         return
