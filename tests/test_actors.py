@@ -175,18 +175,6 @@ def test_malformed_step_goes_straight_to_the_dead_letters(start: Start) -> None:
     assert letter.retries == 0 and "MalformedStep" in letter.error
 
 
-def test_redrive_enqueues_a_claim_that_was_never_sent(simulator: SimulatorHandle, start: Start) -> None:
-    harness = start(ACK_ONLY)
-    (step,) = plan_and_claim(harness.runtime, customers_waiting(simulator, 1))
-    # The scheduler died between claim and enqueue: nothing is on the queue.
-    assert harness.actors.redrive(harness.runtime) == 0
-    simulator.clock.advance(timedelta(seconds=harness.runtime.ledger.redrive_after_s + 1))
-    assert harness.actors.redrive(harness.runtime) == 1
-    harness.join()
-    assert len(applied_posts(simulator, WA_SEND)) == 1
-    assert harness.runtime.ledger.is_done(step.items[0].key)
-
-
 def test_enqueue_picks_the_actor_and_carries_the_firing_keys() -> None:
     broker = StubBroker()
     actors = declare_actors(broker)

@@ -20,7 +20,7 @@ from worker import execution
 from worker.broker import MAX_RETRIES
 from worker.logs import get_logger
 from worker.planning import Step
-from worker.runtime import Runtime, get_runtime
+from worker.runtime import get_runtime
 
 log = get_logger(__name__)
 
@@ -85,19 +85,6 @@ class Actors:
         if actor is None:
             raise ValueError(f"no actor for step kind {step.kind!r}; expected one of {sorted(self.by_kind)}")
         actor.send(step.to_dict(), firing_keys=[item.key for item in step.items])
-
-    def redrive(self, runtime: Runtime) -> int:
-        """Re-enqueue every pending firing past its re-drive time; returns how many were sent."""
-        sent = 0
-        for key, payload in runtime.ledger.due_redrives():
-            try:
-                step = decode(payload)
-            except MalformedStep as exc:
-                runtime.ledger.mark_failed(key, f"redrive: {exc}")
-                continue
-            self.enqueue(step)
-            sent += 1
-        return sent
 
 
 def declare_actors(broker: dramatiq.Broker, *, max_retries: int = MAX_RETRIES) -> Actors:

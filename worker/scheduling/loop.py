@@ -134,10 +134,16 @@ class Loop:
         """Re-enqueue claims that never completed (lost messages, dead schedulers)."""
         if self.dry_run:
             return 0
-        redriven = self.runtime.ledger.due_redrives(self.runtime.clock.now())
-        for _key, payload in redriven:
-            self.dispatcher.enqueue(Step.from_dict(payload))
-        return len(redriven)
+        sent = 0
+        for key, payload in self.runtime.ledger.due_redrives(self.runtime.clock.now()):
+            try:
+                step = Step.from_dict(payload)
+            except (KeyError, TypeError, ValueError) as exc:
+                self.runtime.ledger.mark_failed(key, f"redrive: cannot decode the stored step: {exc!r}")
+                continue
+            self.dispatcher.enqueue(step)
+            sent += 1
+        return sent
 
     # --- the shared path ----------------------------------------------------------------------
 
