@@ -82,7 +82,9 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(
         default=10.0, ge=1, le=600, description="Scheduler leader lease; a standby takes over within it."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level of the worker and its libraries (httpx at WARNING at least)."
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto = console on a terminal, JSON otherwise."
     )
