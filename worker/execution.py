@@ -317,11 +317,27 @@ def moot_reason(runtime: Runtime, run: Run, fresh: Fresh) -> str | None:
     )
     evaluation = evaluate(replace(ruleset, rules=(rule,)), snapshot, runtime.clock.now())
     keys = [m.firing_key for m in evaluation.matches]
-    if run.firing_key in keys:
+    if run.firing_key in keys or firing_started(runtime, run, len(rule.then)):
         return None
     if keys:
         return f"moot: the rule now answers another situation ({keys[0]})"
     return "moot: the rule no longer holds"
+
+
+def firing_started(runtime: Runtime, run: Run, actions: int) -> bool:
+    """True when another action of the same firing was already carried out.
+
+    A rule's own actions often make it false (`unassign_ai_assistant` then
+    `assign`): once one action of a firing is done, the rest complete too.
+    """
+    for index in range(actions):
+        key = f"{run.firing_key}#{index}"
+        if key == run.item.key:
+            continue
+        entry = runtime.ledger.get(key)
+        if entry is not None and entry.state == "done" and entry.outcome.get("result") == "done":
+            return True
+    return False
 
 
 def idempotency_key(*parts: str) -> str:

@@ -241,3 +241,27 @@ def test_a_claim_whose_message_was_lost_is_redriven(simulator: SimulatorHandle, 
     assigns = [e for e in applied_posts(simulator, BULK_ACTIONS) if e.body["action"] == "assign"]
     assert [a.body["conversation_ids"] for a in assigns] == [[conv["id"]]]
     assert running.app.runtime.ledger.pending_count() == 0
+
+
+HAND_BACK = """
+rules:
+  - id: hand-back-from-ai
+    when: {status: open, owner: unset, ai_assistant: {in: [7]}}
+    then:
+      - unassign_ai_assistant
+      - assign: 105
+"""
+
+
+def test_a_rule_whose_first_action_makes_it_false_still_completes(
+    simulator: SimulatorHandle, start: Start
+) -> None:
+    running = start(HAND_BACK)
+    conv = simulator.sim.new_conversation(channel="webchat")
+    simulator.sim.human_change(conv["id"], {"ai_assistant_id": 7})
+    running.tick()
+    running.tick()
+    record = simulator.sim.conversation(conv["id"])
+    assert (record["ai_assistant_id"], record["owner_id"]) == (None, 105)
+    actions = sorted(e.body["action"] for e in applied_posts(simulator, BULK_ACTIONS))
+    assert actions == ["assign", "unassign_ai_assistant"]
