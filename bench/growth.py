@@ -107,8 +107,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         "requests per tick with a fixed number of changes stay flat in N (the index keeps the simulator "
         "O(log N + page)); the naive poller grows linearly.",
         "eval µs/conv over min(N, 20k) seeded snapshots: per-conversation cost does not depend on N.",
-        "latency (3) and end-to-end throughput (5) do not depend on N in the incremental design: "
-        "a tick reads only what changed; see their own sections.",
+        "latency (3) and end-to-end throughput (5) are not part of this table yet.",
     ]
     if not args.no_save and plot(rows):
         notes.append(f"plot: bench/{PNG_PATH.name}")
