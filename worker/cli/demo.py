@@ -9,6 +9,7 @@ action, API result). Ends on Ctrl-C or after `--for`, with a summary table.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import threading
 import time
@@ -145,12 +146,23 @@ def _line(built: App, fields: dict[str, str]) -> str:
 
 
 def _summary(built: App, sim: Simulator) -> None:
-    outcomes = Counter((e.get("rule_id", "?"), e.get("state", "?")) for e in read_audit(built.runtime.redis))
+    outcomes = Counter((e.get("rule_id", "?"), _result(e)) for e in read_audit(built.runtime.redis))
     calls = Counter(f"{e.method} {e.path}" for e in sim.audit_log())
     typer.echo("\nsummary: firings by rule")
-    typer.echo(f"  {'rule':<32} {'done':>6} {'failed':>7}")
+    typer.echo(f"  {'rule':<32} {'done':>6} {'skipped':>8} {'failed':>7}")
     for rule in sorted({r for r, _ in outcomes}):
-        typer.echo(f"  {rule:<32} {outcomes[(rule, 'done')]:>6} {outcomes[(rule, 'failed')]:>7}")
+        done, skipped, failed = (outcomes[(rule, r)] for r in ("done", "skipped", "failed"))
+        typer.echo(f"  {rule:<32} {done:>6} {skipped:>8} {failed:>7}")
     typer.echo("\nsummary: API writes made (simulator audit log)")
     for call, count in calls.most_common():
         typer.echo(f"  {call:<60} {count:>6}")
+
+
+def _result(entry: dict[str, str]) -> str:
+    """done / skipped (moot, outside the window...) / failed, from an audit entry."""
+    if entry.get("state") != "done":
+        return "failed"
+    try:
+        return str(json.loads(entry.get("outcome") or "{}").get("result", "done"))
+    except ValueError:
+        return "done"
