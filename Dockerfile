@@ -15,6 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     INBOXPILOT_LOG_FORMAT=json \
     INBOXPILOT_METRICS_PORT=9100
 RUN useradd --create-home --uid 10001 inboxpilot
+WORKDIR /home/inboxpilot
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links=/wheels inboxpilot[rabbitmq] && rm -rf /wheels
 # Rule files live here; mount your own over it (read-only is fine).
@@ -22,6 +23,6 @@ COPY rules /etc/inboxpilot/rules
 USER inboxpilot
 EXPOSE 9100
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-    CMD python -c "import sys,urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9100/readyz', timeout=2).status == 200 else 1)"
+    CMD python -c "import os,sys,urllib.request; port=os.environ.get('INBOXPILOT_METRICS_PORT','9100'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/readyz', timeout=2).status == 200 else 1)"
 ENTRYPOINT ["inboxpilot"]
 CMD ["run"]
