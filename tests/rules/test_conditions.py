@@ -38,6 +38,22 @@ CASES: list[tuple[str, str, dict[str, Any], bool]] = [
     ("team_replied", "team_replied: true", {"last_outbound_at": AGO[5]}, True),
     ("waiting_for_reply", "waiting_for_reply: 15m", {"last_inbound_at": AGO[20]}, True),
     ("waiting_for_reply", "waiting_for_reply: 15m", {"last_inbound_at": AGO[5]}, False),
+    ("assigned_for", "assigned_for: 15m", {"owner_id": 1, "assigned_at": AGO[20]}, True),
+    ("assigned_for", "assigned_for: 15m", {"assigned_at": AGO[20]}, False),  # no owner
+    (
+        "owner_unresponsive",
+        "owner_unresponsive: 15m",
+        {"owner_id": 1, "assigned_at": AGO[90], "last_inbound_at": AGO[20]},
+        True,
+    ),
+    (
+        "owner_unresponsive",
+        "owner_unresponsive: 15m",
+        {"owner_id": 1, "assigned_at": AGO[5], "last_inbound_at": AGO[90]},
+        False,
+    ),
+    ("owner_unavailable", "owner_unavailable: 10m", {"owner_id": 1}, False),  # on shift
+    ("owner_unavailable", "owner_unavailable: 10m", {"owner_id": 3}, False),  # not in the roster
     (
         "waiting_for_reply",
         "waiting_for_reply: 15m",
@@ -88,7 +104,10 @@ def test_condition(
 
 
 def test_every_registered_condition_has_a_case() -> None:
-    assert set(CONDITIONS) - {c[0] for c in CASES} == {"contact", "message_text"}
+    # sla, quiet_hours and silent_after_reply need policies, contacts or messages:
+    # tests/rules/test_sla.py and tests/rules/test_followups.py cover them.
+    elsewhere = {"contact", "message_text", "sla", "quiet_hours", "silent_after_reply"}
+    assert set(CONDITIONS) - {c[0] for c in CASES} == elsewhere
 
 
 def test_contact_conditions(make_ruleset: Callable[[str], RuleSet]) -> None:

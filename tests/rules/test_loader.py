@@ -148,7 +148,7 @@ def test_folders_are_not_recursive_unless_asked(tmp_path: Path) -> None:
 def test_mapping_document_with_all_sections(load_yaml: Callable[..., LoadResult]) -> None:
     text = textwrap.dedent("""\
     sla_policies:
-      - {name: standard, first_response: 1h}
+      standard: {first_response: 1h, tiers: [{at: 100%, then: [{note: late}]}]}
     rules:
       - id: r
         when: {waiting_for_reply: {longer_than: 1h, business: support}}
@@ -156,5 +156,5 @@ def test_mapping_document_with_all_sections(load_yaml: Callable[..., LoadResult]
     """)
     result = load_yaml(text)
     assert result.ok, [e.format() for e in result.errors]
-    assert result.ruleset.sla_policies == ([{"name": "standard", "first_response": "1h"}],)
+    assert [p.id for p in result.ruleset.sla_policies] == ["standard"]  # compiled: tests/rules/test_sla.py
     assert set(result.ruleset.pools) == {"front"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from worker.api.models import Contact, Conversation
+from worker.api.models import Contact, Conversation, Message
 from worker.cli import app
 from worker.rules import Snapshot, evaluate, load_rules
 from worker.rules.actions import (
@@ -98,21 +98,27 @@ def test_sla_warning_then_breach() -> None:
     created = WED_11_BERLIN
     conv = _conv(created_at=created, last_inbound_at=created, owner_id=101)
     ev = evaluate(SHIPPED, Snapshot(conv), created)
-    warn, breach = ev.next_due["sla-first-response-warning"], ev.next_due["sla-first-response-breach"]
+    warn, breach = (
+        ev.next_due["sla-standard-first-response-80"],
+        ev.next_due["sla-standard-first-response-100"],
+    )
     assert (warn - created, breach - created) == (timedelta(minutes=48), timedelta(hours=1))
-    assert "sla-first-response-warning" in _actions(conv, warn)
+    assert "sla-standard-first-response-80" in _actions(conv, warn)
     at_breach = _actions(conv, breach)
-    assert AssignAction(pool="leads") in at_breach["sla-first-response-breach"]
-    assert MoveAction(pipeline=1, stage=14) in at_breach["sla-first-response-breach"]
+    assert AssignAction(pool="leads") in at_breach["sla-standard-first-response-100"]
+    assert MoveAction(pipeline=1, stage=14) in at_breach["sla-standard-first-response-100"]
     before_lunch = _conv(created_at=datetime(2026, 3, 4, 11, 0, tzinfo=UTC))  # 12:00 Berlin
     due = evaluate(SHIPPED, Snapshot(before_lunch), before_lunch.created_at or created).next_due
-    assert due["sla-first-response-breach"] == datetime(2026, 3, 4, 13, 0, tzinfo=UTC)  # 14:00: lunch skipped
+    assert due["sla-standard-first-response-100"] == datetime(
+        2026, 3, 4, 13, 0, tzinfo=UTC
+    )  # 14:00: lunch skipped
     answered = conv.model_copy(update={"last_outbound_at": created + timedelta(minutes=5)})
-    assert "sla-first-response-breach" not in _actions(answered, breach)
+    assert "sla-standard-first-response-100" not in _actions(answered, breach)
 
 
-@pytest.mark.parametrize(("channel", "outside"), [("whatsapp", "template"), ("sms", "skip")])
-def test_followups_nudge_then_close(channel: str, outside: str) -> None:
+@pytest.mark.parametrize("channel", ["whatsapp", "sms"])
+def test_followups_nudge_then_close(channel: str) -> None:
+    """The sequence counts from the team's reply (messages loaded): 24 h, 48 h, 72 h."""
     replied = WED_11_BERLIN
     conv = _conv(
         channel=channel,
@@ -120,11 +126,20 @@ def test_followups_nudge_then_close(channel: str, outside: str) -> None:
         last_inbound_at=replied - timedelta(minutes=3),
         last_outbound_at=replied,
     )
-    assert not any(k.startswith("followup") for k in _actions(conv, replied + timedelta(hours=3)))
-    nudges = {
-        k: v for k, v in _actions(conv, replied + timedelta(hours=4)).items() if k.startswith("followup")
-    }
-    (reply,) = next(iter(nudges.values()))
-    assert isinstance(reply, ReplyAction) and reply.outside_window == outside
-    closing = _actions(conv, replied + timedelta(days=3))["followup-close"]
+    messages = [
+        Message.model_validate({"_id": "a", "conversation_id": 1, "direction": "inbound",
+                                "created_at": replied - timedelta(minutes=3)}),
+        Message.model_validate({"_id": "b", "conversation_id": 1, "direction": "outbound",
+                                "created_at": replied, "sender_type": "user"}),
+    ]  # fmt: skip
+
+    def fired(at: datetime) -> dict[str, tuple[object, ...]]:
+        ev = evaluate(SHIPPED, Snapshot(conv, messages, Contact(id=1, name="Ann")), at)
+        return {m.rule_id: m.actions for m in ev.matches if m.rule_id.startswith("followup")}
+
+    assert not fired(replied + timedelta(hours=23))
+    (reply,) = fired(replied + timedelta(hours=24))["followup-nudge-1"]
+    assert isinstance(reply, ReplyAction) and reply.outside_window == "template"
+    assert set(fired(replied + timedelta(hours=48))) == {"followup-nudge-2"}
+    closing = fired(replied + timedelta(days=3))["followup-close"]
     assert SetStatusAction(status="closed") in closing

@@ -13,6 +13,10 @@ the rule's `once`:
   last inbound message when the record has no `last_inbound_at` but messages are loaded)
 - ``per_stage_entry``     -> ``st:<pipeline_stage_id>:<stage_entered_at ISO>``
 - ``per_assignment``      -> ``as:<owner_id>:<assigned_at ISO>``
+- ``per_response_cycle``  -> ``cy:<start of the open response cycle ISO>`` (the customer message
+  that opened it; `worker/rules/cycles.py`)
+- ``per_team_reply``      -> ``tr:<follow-up anchor ISO>`` (the team reply a follow-up sequence
+  counts from; `worker/rules/cycles.py`)
 
 A missing value is written ``none``. `last_inbound_at` is preferred over the
 message id so the key does not change when a rule set starts or stops loading
@@ -29,6 +33,7 @@ from typing import Protocol
 from worker.api.models import Contact, Conversation, Message
 from worker.rules.actions import Action
 from worker.rules.context import EvalContext, iso
+from worker.rules.cycles import followup_anchor, response_cycle_start
 from worker.rules.model import Once, Rule, RuleSet
 from worker.rules.nodes import Reason
 
@@ -147,6 +152,8 @@ SITUATIONS: dict[Once, Callable[[Conversation, EvalContext], str]] = {
     "per_inbound_message": _inbound_key,
     "per_stage_entry": _stage_key,
     "per_assignment": _assign_key,
+    "per_response_cycle": lambda _, ctx: f"cy:{iso(response_cycle_start(ctx))}",
+    "per_team_reply": lambda _, ctx: f"tr:{iso(followup_anchor(ctx))}",
 }
 
 

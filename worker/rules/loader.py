@@ -1,7 +1,8 @@
 """Load rule files with positions: every problem becomes a located `RuleError`.
 
 Stages, in order, across all files: YAML syntax, document shape, calendars,
-agents, pools, then rules one at a time. A broken rule is reported and the
+agents, pools, SLA policies (compiled into rules, `worker/rules/sla.py`), then
+rules one at a time. A broken rule is reported and the
 others still load; `strict=True` raises `RulesInvalid` instead.
 
 A folder loads its own `*.yaml`/`*.yml` files only (sorted by name); pass
@@ -32,7 +33,7 @@ from worker.rules.errors import RuleError, RulesInvalid
 from worker.rules.model import Rule as Rule
 from worker.rules.model import RuleHeader, RuleSet
 from worker.rules.nodes import AllNode, AnyNode, Leaf, Node, NotNode
-from worker.rules.routing import AgentConfig, FallbackConfig, Pool, PoolConfig, Roster
+from worker.rules.routing import AgentConfig, Pool, PoolConfig, Roster
 
 Pos = tuple[int, int]  # 1-based line, column
 TOP_KEYS = ("rules", "calendars", "agents", "pools", "sla_policies")
@@ -220,7 +221,7 @@ class _State:
     pools: dict[str, Pool] = field(default_factory=dict)
     rules: list[Rule] = field(default_factory=list)
     rule_sources: dict[str, str] = field(default_factory=dict)
-    sla_policies: list[Any] = field(default_factory=list)
+    sla: dict[str, Any] = field(default_factory=dict)  # name -> worker.rules.sla.SlaPolicy
 
 
 def _sections(doc: _Doc, report: _Report) -> dict[str, tuple[Any, Pos]]:
@@ -333,8 +334,7 @@ def _load_pools(docs: Sequence[tuple[_Doc, dict[str, tuple[Any, Pos]]]], state: 
                 where = locate(raw, ("members",), item_pos)
                 report.add(where, f"{path}.members", f"agents {missing} are not in the roster ('agents:')")
                 continue
-            fallback = config.fallback if isinstance(config.fallback, FallbackConfig) else None
-            state.pools[name] = Pool(name, tuple(config.members), config.strategy, fallback)
+            state.pools[name] = Pool.from_config(name, config, state.agents)
 
 
 def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
@@ -400,6 +400,17 @@ class _RuleParser:
                 )
                 return None
         cond.bind(self.state.calendars)
+        state = self.state  # agents and pools load before rules
+        agents, pools = MappingProxyType(state.agents), MappingProxyType(state.pools)
+        cond.bind_roster(Roster(agents, pools, state.calendars))
+        for field_name, name in cond.policies_used():
+            if name not in self.state.sla:
+                from worker.rules.sla import unknown_policy
+
+                where = locate(value, (field_name,), vpos)
+                self.report.add(where, join(here, field_name), unknown_policy(name, self.state.sla))
+                return None
+        cond.bind_policies(self.state.sla)
         return Leaf(cond, here)
 
     def then(self, raw: Any, pos: Pos) -> list[tuple[Action, str, Pos]] | None:
@@ -526,6 +537,12 @@ def _load_rules(docs: Sequence[tuple[_Doc, dict[str, tuple[Any, Pos]]]], state: 
             state.rules.append(rule)
 
 
+def _load_sla_policies(docs: Sequence[tuple[_Doc, dict[str, tuple[Any, Pos]]]], state: _State) -> None:
+    from worker.rules.sla import load_sla_policies  # sla.py builds on this module's parser
+
+    load_sla_policies(docs, state)
+
+
 def _fingerprint(docs: Sequence[_Doc]) -> str:
     # Key order is the file's (mixed-type keys cannot be sorted); comments do not count.
     canon = json.dumps([to_plain(d.data) for d in docs], default=str)
@@ -540,11 +557,8 @@ def load_texts(sources: Sequence[tuple[str, str]], *, strict: bool = False) -> L
     _load_calendars(split, state)
     _load_agents(split, state)
     _load_pools(split, state)
+    _load_sla_policies(split, state)
     _load_rules(split, state)
-    for _doc, sections in split:
-        node, _ = sections.get("sla_policies", (None, (1, 1)))
-        if node is not None:
-            state.sla_policies.append(to_plain(node))
     errors = tuple(state.errors)
     if strict and errors:
         raise RulesInvalid(errors)
@@ -558,7 +572,7 @@ def load_texts(sources: Sequence[tuple[str, str]], *, strict: bool = False) -> L
             pools=MappingProxyType(dict(state.pools)),
             calendars=MappingProxyType(dict(state.calendars)),
         ),
-        sla_policies=tuple(state.sla_policies),
+        sla_policies=tuple(state.sla.values()),
         fingerprint=_fingerprint(docs),
         files=tuple(name for name, _ in sources),
     )

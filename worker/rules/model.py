@@ -14,7 +14,14 @@ from worker.rules.calendars import Calendar
 from worker.rules.nodes import Node, Test
 from worker.rules.routing import Pool, Roster
 
-Once = Literal["per_conversation", "per_inbound_message", "per_stage_entry", "per_assignment"]
+Once = Literal[
+    "per_conversation",
+    "per_inbound_message",
+    "per_stage_entry",
+    "per_assignment",
+    "per_response_cycle",
+    "per_team_reply",
+]
 RULE_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$"
 
 

@@ -81,6 +81,19 @@ def _action(defs: _Defs) -> Json:
     return {"anyOf": [{"enum": bare}, one]}
 
 
+def _sla_policy(defs: _Defs) -> Json:
+    """A policy: `applies_to` is a `when`, a tier's `then` is a rule's `then` (worker/rules/sla.py)."""
+    from worker.rules.sla import PolicyConfig, TierConfig
+
+    ref = defs.ref(PolicyConfig)
+    defs.ref(TierConfig)
+    defs.defs["PolicyConfig"]["properties"]["applies_to"] = {"$ref": "#/$defs/when"}
+    tier = defs.defs["TierConfig"]["properties"]
+    tier["then"] = {"anyOf": [{"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/action"}}]}
+    tier["at"] = {"anyOf": [tier["at"], {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*%\s*$"}]}
+    return ref
+
+
 def rules_json_schema() -> Json:
     """The schema `inboxpilot schema` prints and rules/schema.json holds."""
     defs = _Defs()
@@ -114,7 +127,7 @@ def rules_json_schema() -> Json:
             "calendars": {"type": "object", "additionalProperties": defs.ref(CalendarConfig)},
             "agents": {"type": "array", "items": defs.ref(AgentConfig)},
             "pools": {"type": "object", "additionalProperties": defs.ref(PoolConfig)},
-            "sla_policies": {"description": "SLA policies (validated by the SLA job)"},
+            "sla_policies": {"type": "object", "additionalProperties": _sla_policy(defs)},
         },
         "additionalProperties": False,
     }

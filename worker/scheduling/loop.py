@@ -33,6 +33,7 @@ from worker.rules.evaluator import Evaluation, Match, evaluate
 from worker.runtime import Runtime
 from worker.scheduling.poller import Poller
 from worker.scheduling.watermark import Watermark
+from worker.sla_pauses import SlaPauses
 from worker.snapshots import read_snapshots
 
 log = get_logger(__name__)
@@ -88,6 +89,7 @@ class Loop:
         self.poller = Poller(runtime.api.client, runtime.settings.page_size)
         self.watermark = Watermark(runtime.redis)
         self.router = Router(runtime.redis, runtime.api.client, runtime.rulebook, runtime.clock)
+        self.sla_pauses = SlaPauses(runtime.redis)
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -155,6 +157,8 @@ class Loop:
         ruleset = runtime.rulebook.ruleset
         now = runtime.clock.now()
         state = LedgerState(runtime.ledger, now)
+        # SLA clocks skip the pauses seen on earlier ticks (worker/sla_pauses.py).
+        (self.sla_pauses.attach if self.dry_run else self.sla_pauses.observe)(ruleset, conversations, now)
         pairs: list[tuple[int, Match]] = []
         for snapshot in read_snapshots(runtime.api, ruleset, conversations):
             evaluation = evaluate(ruleset, snapshot, now, state)
@@ -189,6 +193,9 @@ class Loop:
             report.dedupes += len(step.items) - len(claimed.items)
             report.steps.append(claimed)
             self.dispatcher.enqueue(claimed)
+        if resolver is not None:  # deferred assignments retry on a due-timer (worker/routing_state.py)
+            deferred = [(item.rule_id, item.conversation_id) for item, _ in ctx.deferred]
+            self.router.end_tick(deferred, [e.conversation_id for e in report.evaluations])
         report.deferred.extend(f"{item.key}: {why}" for item, why in ctx.deferred)
 
     def _claim(self, step: Step) -> Step | None:

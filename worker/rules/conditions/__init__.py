@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.rules.conditions import message, record, timing  # noqa: F401  (registers built-ins)
+from worker.rules.conditions import message, record, routing, sla, timing  # noqa: F401  (registers built-ins)
 from worker.rules.conditions.base import CONDITIONS, Condition
 
 __all__ = ["CONDITIONS", "Condition"]

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from worker.rules.calendars import Calendar
 from worker.rules.context import EvalContext, Outcome, iso
 from worker.rules.registry import Registry
+
+if TYPE_CHECKING:
+    from worker.rules.routing import Roster
 
 
 class Condition(BaseModel):
@@ -65,6 +68,16 @@ class Condition(BaseModel):
 
     def bind(self, calendars: Mapping[str, Calendar]) -> None:
         """Attach resolved calendars (called once at load, after validation)."""
+
+    def bind_roster(self, roster: Roster) -> None:
+        """Attach the roster (agents, pools, calendars) for conditions about agents (at load)."""
+
+    def policies_used(self) -> Iterable[tuple[str, str]]:
+        """(field, SLA policy name) pairs the loader must resolve."""
+        return ()
+
+    def bind_policies(self, policies: Mapping[str, Any]) -> None:
+        """Attach resolved SLA policies (called once at load, after `bind`)."""
 
 
 def show(value: object) -> str:
