@@ -12,7 +12,7 @@ so a new action type is one function here, not an edit to an `if` chain.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,7 +27,7 @@ from worker.rules.actions import (
     SetStatusAction,
 )
 from worker.rules.evaluator import Match
-from worker.rules.routing import Choice
+from worker.rules.routing import Choice, waiting_order
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Step:
 
 
 class PoolResolver(Protocol):
-    def choose(self, pool: str, conversation: Conversation) -> Choice: ...
+    def choose(self, pool: str, conversation: Conversation, *, exclude: Collection[int] = ()) -> Choice: ...
 
 
 @dataclass
@@ -127,7 +127,10 @@ def _assign(action: Action, item: Item, ctx: PlanContext) -> Planned:
     if ctx.resolver is None or action.pool is None:
         ctx.deferred.append((item, "no pool resolver"))
         return None
-    choice = ctx.resolver.choose(action.pool, ctx.conversations[item.conversation_id])
+    conversation = ctx.conversations[item.conversation_id]
+    current = conversation.owner_id
+    exclude = (current,) if action.exclude_current and current is not None else ()
+    choice = ctx.resolver.choose(action.pool, conversation, exclude=exclude)
     if choice.agent_id is not None:
         return _change("assign", owner_id=choice.agent_id)
     fallback = choice.fallback
@@ -190,10 +193,14 @@ def item_key(match: Match, index: int) -> str:
 
 
 def plan(matches: Iterable[tuple[int, Match]], ctx: PlanContext) -> list[Step]:
-    """Turn (conversation id, match) pairs into steps; bulk changes grouped per 50 ids."""
+    """Turn (conversation id, match) pairs into steps; bulk changes grouped per 50 ids.
+
+    Matches are planned oldest waiting conversation first, so pools hand their
+    free places to those who waited longest."""
     groups: dict[BulkChange, list[Item]] = {}
     steps: list[Step] = []
-    for conversation_id, match in matches:
+    ordered = sorted(matches, key=lambda pair: waiting_order(ctx.conversations.get(pair[0])))
+    for conversation_id, match in ordered:
         for index, action in enumerate(match.actions):
             item = Item(item_key(match, index), match.rule_id, conversation_id)
             planned = PLANNERS[action.key](action, item, ctx)

@@ -65,6 +65,9 @@ class AssignAction(Action):
     conflict_slot = "owner"
     user: int | None = Field(default=None, description="User id")
     pool: str | None = Field(default=None, min_length=1, description="Routing pool name")
+    exclude_current: bool = Field(
+        default=False, description="Hand on: pick anyone in the pool but the current owner"
+    )
 
     @classmethod
     def expand_shorthand(cls, raw: Any) -> Any:
@@ -76,10 +79,15 @@ class AssignAction(Action):
     def _one(self) -> AssignAction:
         if (self.user is None) == (self.pool is None):
             raise ValueError("give exactly one of 'user' (an id) or 'pool' (a pool name)")
+        if self.exclude_current and self.pool is None:
+            raise ValueError("'exclude_current' needs 'pool' (the pool to hand on to)")
         return self
 
     def label(self) -> str:
-        return f"assign to user {self.user}" if self.user is not None else f"assign from pool {self.pool}"
+        if self.user is not None:
+            return f"assign to user {self.user}"
+        tail = " (not the current owner)" if self.exclude_current else ""
+        return f"assign from pool {self.pool}{tail}"
 
     def conflict_value(self) -> object:
         return ("user", self.user) if self.user is not None else ("pool", self.pool)
