@@ -11,6 +11,9 @@ import argparse
 import math
 import os
 import platform
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -284,3 +287,143 @@ def arguments(description: str, argv: Sequence[str] | None = None) -> argparse.N
     if argv is None:  # run from the command line: the worker's per-request logs would swamp the table
         configure_logging("WARNING", "console")
     return parser.parse_args(argv)
+
+
+# --- the simulator in its own process (benchmarks on the real clock) --------------------------
+
+SANDBOX_START_TIMEOUT_S = 30.0
+HEARTBEATS_KEY = "dramatiq:__heartbeats__"  # the Redis broker's worker heartbeats (dispatch.lua)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """This environment without any INBOXPILOT_* setting, plus `settings` (names without the prefix)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INBOXPILOT_")}
+    env |= {f"INBOXPILOT_{name.upper()}": value for name, value in settings.items()}
+    return env
+
+
+@dataclass
+class Sandbox:
+    """`inboxpilot sandbox` in a child process on the system clock, driven over /__admin/."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    admin: httpx.Client
+
+    def call(self, method: str, name: str, body: dict[str, Any] | None = None) -> Any:
+        response = self.admin.request(method, f"/__admin/{name}", json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def new_conversation(self, **fields: Any) -> dict[str, Any]:
+        return dict(self.call("POST", "conversations", fields))
+
+    def audit(self, since: int = 0) -> list[dict[str, Any]]:
+        """Audit entries with seq > since (every mutating call, with the simulator's time)."""
+        response = self.admin.get("/__admin/audit", params={"since": since})
+        response.raise_for_status()
+        return list(response.json()["entries"])
+
+
+@contextmanager
+def sandbox_process(seed: int = 0) -> Iterator[Sandbox]:
+    """Start `python -m worker sandbox` on a free port; stop it on exit."""
+    port = free_port()
+    command = [sys.executable, "-m", "worker", "sandbox", "--port", str(port), "--seed", str(seed)]
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(
+            command, env=clean_env(api_token=TOKEN), stdout=subprocess.DEVNULL, stderr=errors
+        )
+        url = f"http://127.0.0.1:{port}"
+        admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        try:
+            _wait_ready(admin, process, errors)
+            yield Sandbox(url, process, admin)
+        finally:
+            admin.close()
+            stop_process(process)
+
+
+def _wait_ready(admin: httpx.Client, process: subprocess.Popen[bytes], errors: Any) -> None:
+    deadline = time.monotonic() + SANDBOX_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            errors.seek(0)
+            raise RuntimeError(f"the sandbox exited: {errors.read().decode(errors='replace')[-2000:]}")
+        try:
+            if admin.get("/__admin/state").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)  # waiting for a child process to listen, with a deadline
+    raise TimeoutError("the sandbox did not answer within 30 s")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if it does not exit in time (only the process we started)."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout_s)
+
+
+def wait_heartbeats(url: str, count: int, timeout_s: float = 60.0) -> None:
+    """Wait until `count` dramatiq broker processes heartbeat on the Redis at `url`."""
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + timeout_s
+    while int(client.zcard(HEARTBEATS_KEY)) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {count} dramatiq workers started within {timeout_s} s")
+        time.sleep(0.1)  # waiting for child processes to start, with a deadline
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation; values sorted ascending."""
+    if not sorted_values:
+        return math.nan
+    position = (len(sorted_values) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def parse_time(value: str) -> datetime:
+    """The simulator's wire time (ISO 8601 with `Z`)."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def worker_settings_env(sandbox_url: str, redis_url: str, rules_path: Path) -> dict[str, str]:
+    """The environment a separate `inboxpilot run --role worker` process needs for a benchmark."""
+    return clean_env(
+        api_url=sandbox_url,
+        api_token=TOKEN,
+        redis_url=redis_url,
+        rules_path=str(rules_path),
+        rate_limit_per_s="1000000",
+        rate_burst="1000000",
+        log_level="WARNING",
+        log_format="json",
+    )
+
+
+@contextmanager
+def worker_processes(env: dict[str, str], processes: int, threads: int) -> Iterator[None]:
+    """`inboxpilot run --role worker --processes P --threads T` as a child; needs a real Redis."""
+    command = [sys.executable, "-m", "worker", "run", "--role", "worker"]
+    command += ["--processes", str(processes), "--threads", str(threads)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_heartbeats(env["INBOXPILOT_REDIS_URL"], processes)
+        yield
+    finally:
+        stop_process(process, timeout_s=30)
