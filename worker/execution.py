@@ -72,8 +72,10 @@ EXEC_LOCK_PREFIX = "inboxpilot:exec:"
 # Held for about one actor attempt: dramatiq's TimeLimit interrupts an attempt
 # before the lock can expire under it.
 EXEC_LOCK_TTL_MS = TIME_LIMIT_MS + 5_000
-# A second delivery that finds the item busy retries quietly after this long.
+# A second delivery that finds the item busy retries quietly (`busy_retry_ms`),
+# never sooner than this.
 BUSY_RETRY_MS = 2_000
+BUSY_MARGIN_MS = 250
 WINDOW = timedelta(hours=24)
 # Read-back tolerance between our clock (claimed_at) and the API's (created_at).
 CLOCK_SKEW = timedelta(seconds=30)
@@ -250,12 +252,28 @@ def item_locks(client: redis.Redis, items: Sequence[Item]) -> Iterator[None]:
     try:
         if len(taken) < len(keys):
             busy = next(k for k in keys if k not in set(taken))
-            log.info("firing_busy", key=busy.removeprefix(EXEC_LOCK_PREFIX), retry_ms=BUSY_RETRY_MS)
-            raise Retry("another delivery is executing this item", delay=BUSY_RETRY_MS)
+            delay_ms = busy_retry_ms(client, busy)
+            log.info("firing_busy", key=busy.removeprefix(EXEC_LOCK_PREFIX), retry_ms=delay_ms)
+            raise Retry("another delivery is executing this item", delay=delay_ms)
         yield
     finally:
         if taken:
             client.register_script(_RELEASE)(keys=taken, args=[token])
+
+
+def busy_retry_ms(client: redis.Redis, lock_key: str) -> int:
+    """How long a delivery that found the item busy waits before trying again.
+
+    Twice as long as the holder has held the lock, capped at when the lock
+    expires. A live holder (a duplicate delivery, a slow attempt) finishes in
+    seconds, so the wait stays short; a worker killed mid-task leaves a lock
+    that only its TTL ends, and retrying every 2 s spent all of dramatiq's
+    retries before then: the firing was dead-lettered without ever running.
+    Doubling waits it out in about five retries.
+    """
+    remaining_ms = max(int(client.pttl(lock_key)), 0)
+    held_ms = max(EXEC_LOCK_TTL_MS - remaining_ms, 0)
+    return max(BUSY_RETRY_MS, min(2 * held_ms, remaining_ms + BUSY_MARGIN_MS))
 
 
 # --- fresh state ---------------------------------------------------------------------------
