@@ -527,6 +527,11 @@ SITUATION_START: dict[str, Callable[[Conversation], datetime | None]] = {
     "per_inbound_message": lambda c: c.last_inbound_at,
     "per_stage_entry": lambda c: c.stage_entered_at,
     "per_assignment": lambda c: c.assigned_at,
+    # From the team's last reply: a response cycle opens after it; a follow-up step is sent
+    # after the reply that anchors it (and becomes the last reply itself unless it is a
+    # note), while an earlier sequence's identical nudge lies before it (worker/rules/cycles.py).
+    "per_response_cycle": lambda c: c.last_outbound_at,
+    "per_team_reply": lambda c: c.last_outbound_at,
 }
 BEGINNING = datetime.min.replace(tzinfo=UTC)
 
