@@ -84,6 +84,7 @@ class _Tick:
     deferred: dict[int, tuple[str, bool]] = field(default_factory=dict)  # conv -> (pool, now?)
     settled: set[int] = field(default_factory=set)
     wake: set[str] = field(default_factory=set)
+    answers: dict[tuple[str, int, tuple[int, ...]], Choice] = field(default_factory=dict)
     requests: int = 0
 
 
@@ -122,6 +123,15 @@ class Router:
     # --- choosing -------------------------------------------------------------------------
 
     def choose(self, pool_name: str, conversation: Conversation, *, exclude: Collection[int] = ()) -> Choice:
+        # Two rules asking the same pool for one conversation in one tick get one answer.
+        key = (pool_name, conversation.id, tuple(sorted(exclude)))
+        if key in self._tick.answers:
+            return self._tick.answers[key]
+        choice = self._choose(pool_name, conversation, exclude)
+        self._tick.answers[key] = choice
+        return choice
+
+    def _choose(self, pool_name: str, conversation: Conversation, exclude: Collection[int]) -> Choice:
         ruleset = self._rulebook.ruleset
         pool, roster, now = ruleset.pools[pool_name], ruleset.roster, self._clock.now()
         loads = self._loads_for(pool)

@@ -248,8 +248,15 @@ def next_shift_start(pool: Pool, roster: Roster, now: datetime) -> datetime | No
 
 
 def retry_at(pool: Pool, roster: Roster, now: datetime, every: timedelta) -> datetime:
-    """When to try a pool again after nobody was free: the next shift start or `every` from now."""
+    """When to try a pool again after nobody was free: the next shift start when nobody
+    is on shift (nothing else can free a place), else the earlier of that and `every`."""
     start = next_shift_start(pool, roster, now)
+    on_shift = any(
+        (agent := roster.agents.get(m)) is not None and agent.enabled and not off_shift(agent, roster, now)
+        for m in pool.members
+    )
+    if start is not None and not on_shift:
+        return start
     later = now + every
     return later if start is None else min(start, later)
 
