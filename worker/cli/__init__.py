@@ -28,6 +28,7 @@ from worker.cli import (  # noqa: E402
     rules_cmds,  # noqa: F401
     run_cmds,  # noqa: F401
     sandbox,  # noqa: F401
+    sla_cmds,  # noqa: F401
 )
 
 
