@@ -1,0 +1,102 @@
+"""The three jobs over a simulated week: routing, SLA escalation, follow-ups.
+
+One week of seeded traffic runs through the real loop on a fake clock; every
+property is checked against the simulator's audit log (tests/scenarios/week.py).
+The other tests tamper with a real run's history to show each check can fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import pytest
+
+from tests.scenarios.conftest import option
+from tests.scenarios.hours import load_hours
+from tests.scenarios.properties import actual_firings, check_firings, expected_firings, specs
+from tests.scenarios.routing_checks import check_routing, load_roster
+from tests.scenarios.timeline import History, build_history
+from tests.scenarios.traffic import TrafficConfig
+from tests.scenarios.week import ROSTER, START, Outcome, run_week, summary
+from worker.simulator.audit import AuditEntry
+from worker.simulator.testing import SimulatorHandle
+
+
+@pytest.mark.slow
+def test_a_week_of_traffic_keeps_every_property(
+    simulator: SimulatorHandle, redis_url: str, pytestconfig: pytest.Config
+) -> None:
+    config = TrafficConfig(
+        start=START,
+        days=option(pytestconfig, "days"),
+        rate_per_day=option(pytestconfig, "rate"),
+        seed=int(option(pytestconfig, "seed")),
+    )
+    outcome = run_week(simulator, redis_url, config)
+    print("\n" + summary(outcome))
+    assert outcome.violations == []
+    # The week must exercise every job, or a silent worker would pass.
+    sla, followup, routing = (outcome.verdicts[j] for j in ("sla", "followup", "routing"))
+    assert sla.counts["scn-sla-first-breach"] > 0 and sla.counts["scn-sla-next-breach"] > 0
+    assert followup.counts["scn-nudge-1"] > 0 and followup.counts["scn-close"] > 0
+    assert routing.expected > 0 and outcome.run.execution_errors == []
+
+
+@pytest.fixture
+def short_run(simulator: SimulatorHandle, redis_url: str) -> tuple[Outcome, list[AuditEntry]]:
+    config = TrafficConfig(start=START, days=3, rate_per_day=30, seed=7)
+    outcome = run_week(simulator, redis_url, config)
+    assert outcome.violations == [], summary(outcome)
+    return outcome, simulator.sim.audit_log()
+
+
+def _firing_violations(outcome: Outcome, audit: list[AuditEntry]) -> list[str]:
+    hours = load_hours(ROSTER)
+    history = build_history(outcome.run.played, audit)
+    rules = specs(hours)
+    verdicts = check_firings(
+        expected_firings(history, rules, outcome.run.end), actual_firings(history, rules), rules
+    )
+    return [v for verdict in verdicts.values() for v in verdict.violations]
+
+
+def _sends(audit: list[AuditEntry], marker: str) -> list[AuditEntry]:
+    return [
+        e
+        for e in audit
+        if isinstance(e.body, dict) and str(e.body.get("message_text", "")).startswith(marker)
+    ]
+
+
+@pytest.mark.slow
+def test_the_checks_catch_a_missed_late_duplicated_or_early_firing(
+    short_run: tuple[Outcome, list[AuditEntry]],
+) -> None:
+    outcome, audit = short_run
+    breach = _sends(audit, "[scn-sla-breach]")[0]
+    nudge = _sends(audit, "[scn-nudge-1]")[0]
+    missed = [e for e in audit if e is not breach]
+    assert any("missed" in v for v in _firings(outcome, missed))
+    late = [dataclasses.replace(e, time=e.time + timedelta(seconds=3)) if e is nudge else e for e in audit]
+    assert any("scn-nudge-1" in v for v in _firings(outcome, late))
+    twice = [*audit, dataclasses.replace(nudge, seq=10**6, time=nudge.time + timedelta(hours=1))]
+    assert any("unexpected" in v for v in _firings(outcome, twice))
+    early = [dataclasses.replace(e, time=e.time - timedelta(seconds=5)) if e is breach else e for e in audit]
+    assert any("scn-sla-first-breach" in v for v in _firings(outcome, early))
+
+
+def _firings(outcome: Outcome, audit: list[AuditEntry]) -> list[str]:
+    return _firing_violations(outcome, sorted(audit, key=lambda e: e.time))
+
+
+@pytest.mark.slow
+def test_the_routing_checks_catch_a_wrong_agent(short_run: tuple[Outcome, list[AuditEntry]]) -> None:
+    outcome, audit = short_run
+    hours = load_hours(ROSTER)
+    roster = load_roster(ROSTER)
+    first = next(e for e in audit if isinstance(e.body, dict) and e.body.get("action") == "assign")
+    other = next(m for m in roster.members if m != first.body["owner_id"])
+    swapped = [dataclasses.replace(e, body={**e.body, "owner_id": other}) if e is first else e for e in audit]
+    history: History = build_history(outcome.run.played, swapped)
+    assert any("round robin" in v for v in check_routing(history, roster, hours).violations)
