@@ -41,7 +41,8 @@ def block_after(heading: str) -> list[str]:
 
 
 def shell(line: str, tmp_path: Path, env: dict[str, str], timeout_s: float = 60) -> str:
-    command = re.sub(r"\binboxpilot\b", INBOXPILOT, line, count=1).replace("/tmp/", f"{tmp_path}/")
+    line = line.replace("/tmp/", f"{tmp_path}/")  # before the interpreter's path goes in
+    command = re.sub(r"\binboxpilot\b", INBOXPILOT, line, count=1)
     done = subprocess.run(
         command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
     )
