@@ -7,6 +7,7 @@ setting and what is allowed (`SettingsError`).
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -126,10 +127,27 @@ def load_settings(**overrides: Any) -> Settings:
     config_file = os.environ.get(CONFIG_FILE_ENV)
     if config_file and not Path(config_file).is_file():
         raise SettingsError(f"{CONFIG_FILE_ENV}: file {config_file!r} does not exist")
+    unknown = _unknown_env()
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
-        raise SettingsError(_describe(exc)) from None
+        raise SettingsError("\n".join([_describe(exc), *unknown])) from None
+    if unknown:
+        raise SettingsError("\n".join(unknown))
+    return settings
+
+
+def _unknown_env() -> list[str]:
+    """`INBOXPILOT_*` variables that name no setting: a typo would otherwise be ignored silently."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {CONFIG_FILE_ENV}
+    lines = []
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in known:
+            close = difflib.get_close_matches(upper, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            lines.append(f"setting {name}: unknown setting{hint}")
+    return lines
 
 
 def _describe(exc: ValidationError) -> str:
