@@ -28,7 +28,9 @@ WORDS = st.sampled_from(
      "calendars", "agents", "pools", "priority", "silent_for", "15m", "pool", "all", "any", "not",
      "{{ contact.name }}", "{{ nope }}", "per_conversation", "-1", "1e309", "", "é"]
 )  # fmt: skip
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), WORDS, st.text(max_size=8))
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), WORDS, st.text(max_size=8)
+)
 TREES = st.recursive(
     SCALARS,
     lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(WORDS, children, max_size=4)),
