@@ -1,0 +1,49 @@
+"""The short chaos run (CI): real processes, seeded faults, duplicates = 0 and lost = 0.
+
+Starts its own `redis-server` on a free port (never the machine's Redis), the
+simulator process, 2 schedulers and 3 workers; see `tests/chaos/harness.py`.
+The long run with more firings and a Redis that loses its data is
+`python -m bench.chaos` (results in bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.harness import ChaosConfig, run_chaos
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("redis-server") is None,
+        reason="the chaos run starts its own redis-server (crashed and restarted on purpose); "
+        "it is not installed here",
+    ),
+]
+
+
+def test_exactly_once_under_chaos(tmp_path: Path) -> None:
+    seed = int(os.environ.get("CHAOS_SEED", "0"))
+    report = run_chaos(ChaosConfig(workdir=tmp_path, seed=seed))
+    print(f"\nchaos seed={seed}\n{report.summary()}")  # shown with -s, and on failure
+    assert report.duplicates == 0, report.details
+    assert report.lost == 0, report.details
+    assert report.unexpected == 0, report.details
+    assert report.token_leaks == [], report.token_leaks[:3]
+    # The run really was chaotic: every kind of fault happened.
+    for kind in (
+        "sigkill_worker",
+        "sigkill_leader",
+        "leader_takeover",
+        "api_error",
+        "rate_limit_burst",
+        "api_rate_limited",
+        "api_slow_past_timeout",
+        "redis_restart_kept_data",
+    ):
+        assert report.faults[kind] > 0, f"no {kind} injected: {report.summary()}"
+    assert report.faults["api_commit_then_fail_503"] + report.faults["api_commit_then_fail_drop"] > 0
