@@ -21,6 +21,7 @@ def _root() -> None:
 
 # Command modules register themselves on `app` when imported.
 from worker.cli import (  # noqa: E402
+    backtest_cmds,  # noqa: F401
     common,  # noqa: F401
     deadletters,  # noqa: F401
     demo,  # noqa: F401

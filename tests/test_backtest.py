@@ -1,0 +1,138 @@
+"""`worker.backtest` and `inboxpilot backtest` against the simulator seeded with a known history."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from worker.api.client import ApiClient
+from worker.api.services import Services
+from worker.backtest import Report, fetch_histories, replay
+from worker.cli import app
+from worker.config import load_settings
+from worker.rules.loader import load_texts
+from worker.simulator.testing import SimulatorHandle
+
+RULES = """
+rules:
+  - id: first-response
+    once: per_conversation
+    when: {status: open, team_replied: false, age: 1h}
+    then:
+      - note: "First response is late."
+  - id: nudge
+    once: per_inbound_message
+    when: {status: open, silent_for: 4h}
+    then:
+      - reply: "Still there?"
+  - id: route
+    when: {status: open, owner: unset}
+    then:
+      - assign: 301
+"""
+MIN = timedelta(minutes=1)
+
+
+def _history(handle: SimulatorHandle) -> dict[str, int]:
+    """A known day: answered in time, answered 20 s after the deadline, never answered, went quiet twice."""
+    sim, clock = handle.sim, handle.clock
+    ids = {
+        name: sim.new_conversation(channel="webchat")["id"]
+        for name in ("in_time", "just_late", "never", "quiet")
+    }
+    clock.advance(30 * MIN)
+    sim.team_reply(ids["in_time"])
+    sim.team_reply(ids["quiet"])  # t0+30m: silent from here
+    clock.advance(30 * MIN + timedelta(seconds=20))
+    sim.team_reply(ids["just_late"])  # t0+1h00m20s: after the deadline, within the latency
+    clock.advance(6 * 60 * MIN)  # t0+7h: the quiet one got its nudge at t0+4h30m
+    sim.customer_message(ids["quiet"])
+    clock.advance(10 * MIN)
+    sim.team_reply(ids["quiet"])  # t0+7h10m20s -> next nudge due t0+11h10m20s
+    sim.reassign(ids["in_time"], 302)
+    clock.advance(12 * 60 * MIN)
+    return ids
+
+
+def _replay(handle: SimulatorHandle, since: datetime) -> Report:
+    ruleset = load_texts([("t.yaml", RULES)], strict=True).ruleset
+    settings = load_settings(api_url=handle.url, api_token=handle.token)
+    api = Services(ApiClient.from_settings(settings, clock=handle.clock))
+    try:
+        return replay(ruleset, list(fetch_histories(api, since)), since, handle.clock.now())
+    finally:
+        api.client.close()
+
+
+def test_replay_reports_firings_breaches_and_moot(simulator: SimulatorHandle) -> None:
+    t0 = simulator.clock.now()
+    ids = _history(simulator)
+    audit_before = len(simulator.sim.audit_log())
+    report = _replay(simulator, t0 - timedelta(days=1))
+    assert len(simulator.sim.audit_log()) == audit_before  # read-only
+    got = {(f.rule_id, f.conversation_id, f.at - t0) for f in report.firings}
+    first = {("first-response", ids[n], 60 * MIN) for n in ("just_late", "never")}
+    nudges = {
+        ("nudge", ids["quiet"], 270 * MIN),
+        ("nudge", ids["quiet"], 670 * MIN + timedelta(seconds=20)),
+        ("nudge", ids["in_time"], 270 * MIN),
+        ("nudge", ids["just_late"], 300 * MIN + timedelta(seconds=20)),
+    }
+    routes = {("route", ids[n], timedelta(0)) for n in ids}
+    assert got == first | nudges | routes
+    moot = {(f.rule_id, f.conversation_id) for f in report.moot()}
+    assert moot == {("first-response", ids["just_late"])}
+    assert "team reply" in (report.moot()[0].moot_by or "")
+    breaches = {f.conversation_id: f.waited_s for f in report.breaches()}
+    assert breaches == {ids["just_late"]: 3600.0, ids["never"]: 3600.0}
+    rules = report.to_dict()["rules"]
+    assert rules["nudge"] == {
+        "firings": 4,
+        "moot": 0,
+        "conversations": sorted([ids["in_time"], ids["just_late"], ids["quiet"]]),
+    }
+    assert sum(report.per_day()[t0.date().isoformat()].values()) >= 6
+
+
+def test_a_situation_that_fired_before_the_window_does_not_fire_again(simulator: SimulatorHandle) -> None:
+    t0 = simulator.clock.now()
+    ids = _history(simulator)
+    report = _replay(simulator, t0 + 6 * 60 * MIN)  # after the routes, first-response and first nudges
+    got = {(f.rule_id, f.conversation_id, f.at - t0) for f in report.firings}
+    assert got == {("nudge", ids["quiet"], 670 * MIN + timedelta(seconds=20))}
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_backtest_command(
+    simulator: SimulatorHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_json: bool
+) -> None:
+    simulator.clock.set(datetime.now(UTC) - timedelta(days=2))
+    ids = _history(simulator)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    monkeypatch.setenv("INBOXPILOT_API_URL", simulator.url)
+    monkeypatch.setenv("INBOXPILOT_API_TOKEN", simulator.token)
+    args = ["backtest", str(rules), "--since", "7d", *(["--json"] if as_json else [])]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert simulator.token not in result.output
+    if as_json:
+        data = json.loads(result.stdout)
+        assert data["conversations"] == 4
+        assert data["rules"]["first-response"]["conversations"] == sorted([ids["just_late"], ids["never"]])
+        assert [f["rule_id"] for f in data["firings"] if f["moot_by"]] == ["first-response"]
+    else:
+        assert "SLA breaches caught: 2" in result.stdout
+        assert "moot (a person acted first): 1" in result.stdout
+
+
+def test_backtest_rejects_bad_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - id: x\n    when: {chanel: sms}\n    then: [unassign]\n")
+    monkeypatch.setenv("INBOXPILOT_API_TOKEN", "t")
+    result = CliRunner().invoke(app, ["backtest", str(rules)])
+    assert result.exit_code == 1 and "chanel" in result.output

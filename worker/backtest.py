@@ -1,0 +1,340 @@
+"""Backtest: what a rule set would have done over recent history, before it goes live.
+
+`fetch_histories` reads conversations changed since a time and all their
+messages (read-only finds); `replay` walks each conversation's history in time
+order through the real evaluator and planner and returns a `Report`.
+
+Reconstructing the past from the API. The API keeps messages, not a change log
+of the record, so at each instant `t` a conversation's state is rebuilt as:
+
+- `last_inbound_at`, `last_outbound_at`, `last_message_at`, `unread_count`: from
+  the messages created at or before `t` (notes are not replies);
+- `status`: closed from `updated_at` on when the record is closed now, else open;
+- `owner_id`/`assigned_at`: the current owner from `assigned_at` on (unassigned
+  before); without `assigned_at` the current owner throughout;
+- every other field (channel, tags, pipeline, stage, AI assistant): as now.
+
+Evaluation instants: the creation time, every message, the assignment and the
+closing (each an *event*), and between two events every `next_due` the
+evaluator reports, so time rules fire at the instant they become true. An
+in-memory set of firing keys makes each situation fire once, as the ledger does.
+
+Moot firings. A firing becomes true at `T` but the worker acts a little later:
+the next poll or timer tick, the queue, then execution re-reads the
+conversation and re-checks the rule. A firing is *moot* when an event of the
+history happens in `(T, T + latency]` and re-evaluating the rule right after it
+no longer gives the same firing key (e.g. the team answered 20 s after the SLA
+deadline, or a person assigned the conversation): execution would have skipped
+it. `latency` defaults to 60 s and is an option.
+
+SLA breaches: firings of rules that time a wait for the team (a
+`waiting_for_reply` or an `age` condition), with how long the customer had
+waited when the rule fired.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from worker.api.models import Contact, Conversation, Message
+from worker.api.services import Services
+from worker.planning import PlanContext, plan
+from worker.rules.context import utc
+from worker.rules.evaluator import InMemoryState, Match, Snapshot, evaluate
+from worker.rules.model import Rule, RuleSet
+
+DEFAULT_LATENCY = timedelta(seconds=60)
+SLA_CONDITIONS = frozenset({"waiting_for_reply", "age"})
+MAX_STEPS_PER_GAP = 1000  # due-times between two events (a guard; real rule sets need a few)
+
+
+@dataclass(frozen=True)
+class History:
+    """One conversation as read now, with all its messages (oldest first)."""
+
+    conversation: Conversation
+    messages: tuple[Message, ...]
+    contact: Contact | None = None
+
+
+@dataclass(frozen=True)
+class Firing:
+    rule_id: str
+    conversation_id: int
+    at: datetime
+    firing_key: str
+    actions: tuple[str, ...]
+    steps: tuple[str, ...]  # what the planner would queue ("bulk assign", "message", "deferred: ...")
+    moot_by: str | None = None  # the event that made it moot, e.g. "team reply at ..."
+    waited_s: float | None = None  # for SLA rules: the customer's wait when it fired
+
+
+@dataclass
+class Report:
+    since: datetime
+    until: datetime
+    conversations: int
+    firings: list[Firing] = field(default_factory=list)
+
+    def per_rule(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for f in self.firings:
+            row = out.setdefault(f.rule_id, {"firings": 0, "moot": 0, "conversations": set()})
+            row["firings"] += 1
+            row["moot"] += f.moot_by is not None
+            row["conversations"].add(f.conversation_id)
+        return out
+
+    def per_day(self) -> dict[str, Counter[str]]:
+        days: dict[str, Counter[str]] = defaultdict(Counter)
+        for f in self.firings:
+            days[f.at.date().isoformat()][f.rule_id] += 1
+        return dict(sorted(days.items()))
+
+    def breaches(self) -> list[Firing]:
+        return [f for f in self.firings if f.waited_s is not None]
+
+    def moot(self) -> list[Firing]:
+        return [f for f in self.firings if f.moot_by is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        rules = {
+            rule: {**row, "conversations": sorted(row["conversations"])}
+            for rule, row in self.per_rule().items()
+        }
+        return {
+            "since": self.since.isoformat(),
+            "until": self.until.isoformat(),
+            "conversations": self.conversations,
+            "rules": rules,
+            "per_day": {day: dict(c) for day, c in self.per_day().items()},
+            "firings": [_firing_dict(f) for f in self.firings],
+        }
+
+
+def _firing_dict(f: Firing) -> dict[str, Any]:
+    data = asdict(f)
+    data["at"] = f.at.isoformat()
+    return data
+
+
+# --- reading (read-only) ---------------------------------------------------------------------
+
+
+def fetch_histories(api: Services, since: datetime, *, contacts: bool = False) -> Iterator[History]:
+    """Conversations changed since `since`, each with every message (finds only, 50 per page)."""
+    for conversation in api.conversations.changed_since(since):
+        messages = tuple(api.messages.all_for(conversation.channel, conversation.id))
+        contact = None
+        if contacts and conversation.contact_id is not None:
+            contact = api.contacts.get(conversation.contact_id)
+        yield History(conversation, messages, contact)
+
+
+# --- reconstruction --------------------------------------------------------------------------
+
+
+def state_at(history: History, t: datetime) -> Snapshot:
+    """The conversation as the worker would have read it at `t` (see the module docstring)."""
+    conv = history.conversation
+    seen = [m for m in history.messages if (utc(m.created_at) or t) <= t]
+    inbound = [utc(m.created_at) for m in seen if m.direction == "inbound"]
+    replies = [utc(m.created_at) for m in seen if m.direction == "outbound" and m.message_type != "note"]
+    last_in = max((x for x in inbound if x), default=None)
+    last_out = max((x for x in replies if x), default=None)
+    assigned = utc(conv.assigned_at)
+    owned = assigned is None or t >= assigned
+    updated = utc(conv.updated_at)
+    closed = conv.status == "closed" and updated is not None and t >= updated
+    fields = {
+        "last_inbound_at": last_in,
+        "last_outbound_at": last_out,
+        "last_message_at": max((x for x in (last_in, last_out) if x), default=None),
+        "unread_count": sum(1 for x in inbound if x and (last_out is None or x > last_out)),
+        "status": "closed" if closed else "open",
+        "owner_id": conv.owner_id if owned else None,
+        "assigned_at": assigned if owned else None,
+        "updated_at": t,
+    }
+    newest_first = tuple(reversed(seen))[:50]
+    return Snapshot(conv.model_copy(update=fields), newest_first, history.contact)
+
+
+def events(history: History) -> list[tuple[datetime, str]]:
+    """The instants the conversation changed, with what changed, in time order."""
+    conv = history.conversation
+    out: list[tuple[datetime, str]] = []
+    created = utc(conv.created_at)
+    if created is not None:
+        out.append((created, "created"))
+    for m in history.messages:
+        at = utc(m.created_at)
+        if at is None:
+            continue
+        kind = (
+            "customer message"
+            if m.direction == "inbound"
+            else f"team {'note' if m.message_type == 'note' else 'reply'}"
+        )
+        out.append((at, kind))
+    if (assigned := utc(conv.assigned_at)) is not None:
+        out.append((assigned, "assignment"))
+    if conv.status == "closed" and (updated := utc(conv.updated_at)) is not None:
+        out.append((updated, "closed"))
+    return sorted(out)
+
+
+# --- replay ----------------------------------------------------------------------------------
+
+
+def replay(
+    ruleset: RuleSet,
+    histories: Iterable[History],
+    since: datetime,
+    until: datetime,
+    *,
+    latency: timedelta = DEFAULT_LATENCY,
+) -> Report:
+    """What `ruleset` would have done between `since` and `until` (see the module docstring)."""
+    report = Report(since, until, 0)
+    for history in histories:
+        report.conversations += 1
+        report.firings.extend(_replay_one(ruleset, history, since, until, latency))
+    report.firings.sort(key=lambda f: (f.at, f.conversation_id, f.rule_id))
+    return report
+
+
+def _replay_one(
+    ruleset: RuleSet, history: History, since: datetime, until: datetime, latency: timedelta
+) -> list[Firing]:
+    state = InMemoryState()
+    fired: set[str] = set()
+    out: list[Firing] = []
+    changes = events(history)
+    instants = [t for t, _ in changes]
+    for index, (t, _kind) in enumerate(changes):
+        end = instants[index + 1] if index + 1 < len(instants) else until
+        for at in _instants(ruleset, history, t, min(end, until)):
+            for match in evaluate(ruleset, state_at(history, at), at, state).matches:
+                if match.firing_key in fired:
+                    continue
+                fired.add(match.firing_key)
+                if at < since:  # fired before the window: it only uses up its situation
+                    continue
+                state.record(match.rule_id, history.conversation.id)
+                out.append(_firing(ruleset, history, match, at, changes, latency))
+    return out
+
+
+def _instants(ruleset: RuleSet, history: History, start: datetime, end: datetime) -> Iterator[datetime]:
+    """`start`, then each due-time the evaluator reports before `end`."""
+    at = start
+    for _ in range(MAX_STEPS_PER_GAP):
+        if at >= end and at != start:
+            return
+        yield at
+        due = evaluate(ruleset, state_at(history, at), at).earliest_due
+        if due is None or due >= end or due <= at:
+            return
+        at = due
+
+
+def _firing(
+    ruleset: RuleSet,
+    history: History,
+    match: Match,
+    at: datetime,
+    changes: Sequence[tuple[datetime, str]],
+    latency: timedelta,
+) -> Firing:
+    rule = ruleset.get(match.rule_id)
+    assert rule is not None
+    snapshot = state_at(history, at)
+    return Firing(
+        rule_id=match.rule_id,
+        conversation_id=history.conversation.id,
+        at=at,
+        firing_key=match.firing_key,
+        actions=tuple(a.label() for a in match.actions),
+        steps=_planned(match, snapshot.conversation),
+        moot_by=_moot_by(ruleset, rule, history, match, at, changes, latency),
+        waited_s=_waited(rule, snapshot.conversation, at),
+    )
+
+
+def _planned(match: Match, conversation: Conversation) -> tuple[str, ...]:
+    """The planner's steps for this firing (pool assignments are resolved only at run time)."""
+    ctx = PlanContext({conversation.id: conversation})
+    steps = [
+        f"bulk {s.bulk.action} {s.bulk.as_fields()}"
+        if s.bulk
+        else f"{s.kind} {s.action.get('type', '')}".strip()
+        for s in plan([(conversation.id, match)], ctx)
+    ]
+    steps.extend(f"deferred: {why}" for _item, why in ctx.deferred)
+    return tuple(steps)
+
+
+def _moot_by(
+    ruleset: RuleSet,
+    rule: Rule,
+    history: History,
+    match: Match,
+    at: datetime,
+    changes: Sequence[tuple[datetime, str]],
+    latency: timedelta,
+) -> str | None:
+    for t, kind in changes:
+        if not at < t <= at + latency:
+            continue
+        again = evaluate(ruleset, state_at(history, t), t).matches
+        if not any(m.rule_id == rule.id and m.firing_key == match.firing_key for m in again):
+            return f"{kind} at {t.isoformat()}"
+    return None
+
+
+def _waited(rule: Rule, conversation: Conversation, at: datetime) -> float | None:
+    if not any(leaf.cond.key in SLA_CONDITIONS for leaf in rule.when.leaves()):
+        return None
+    start = utc(conversation.last_inbound_at) or utc(conversation.created_at)
+    if conversation.last_outbound_at is None:
+        start = utc(conversation.created_at) or start
+    return None if start is None else (at - start).total_seconds()
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def format_table(report: Report, *, detail: int = 20) -> str:
+    lines = [
+        f"backtest {report.since.isoformat()} .. {report.until.isoformat()}: "
+        f"{report.conversations} conversations, {len(report.firings)} firings, {len(report.moot())} moot",
+        "",
+        f"{'rule':<36} {'firings':>7} {'moot':>5} {'convs':>6}",
+    ]
+    for rule, row in sorted(report.per_rule().items()):
+        lines.append(f"{rule:<36} {row['firings']:>7} {row['moot']:>5} {len(row['conversations']):>6}")
+    lines += ["", "per day:"]
+    for day, counts in report.per_day().items():
+        lines.append(f"  {day}  " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items())))
+    breaches = report.breaches()
+    lines += ["", f"SLA breaches caught: {len(breaches)}"]
+    lines += [
+        f"  c{f.conversation_id} {f.rule_id} at {f.at.isoformat()} (waited {_hm(f.waited_s)})"
+        for f in breaches[:detail]
+    ]
+    moot = report.moot()
+    lines += ["", f"moot (a person acted first): {len(moot)}"]
+    lines += [f"  c{f.conversation_id} {f.rule_id} at {f.at.isoformat()}: {f.moot_by}" for f in moot[:detail]]
+    return "\n".join(lines)
+
+
+def _hm(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m"

@@ -1,0 +1,61 @@
+"""`inboxpilot backtest RULES --since 7d`: what the rules would have done last week. Read-only."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+from worker.cli import app
+from worker.cli.common import settings_or_exit
+
+
+@app.command("backtest")
+def backtest(
+    rules: Path = typer.Argument(..., help="Rule file or folder to try"),
+    since: str = typer.Option("7d", "--since", help="How far back: a duration (7d, 36h) or an ISO time"),
+    latency: str = typer.Option("60s", "--latency", help="How long the worker takes to act (for 'moot')"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
+    recursive: bool = typer.Option(False, "--recursive", help="Include sub-folders of RULES"),
+) -> None:
+    """Replay recent conversations through RULES and report what would have fired (read-only)."""
+    from worker.api.client import ApiClient
+    from worker.api.errors import ApiError
+    from worker.api.services import Services
+    from worker.backtest import fetch_histories, format_table, replay
+    from worker.rules.durations import DurationError, parse_duration
+    from worker.rules.loader import load_rules
+
+    settings = settings_or_exit()
+    loaded = load_rules([rules], recursive=recursive)
+    for error in loaded.errors:
+        typer.echo(error.format(), err=True)
+    if loaded.errors:
+        raise typer.Exit(1)
+    now = datetime.now(UTC)
+    try:
+        start = _since(since, now)
+        delay = parse_duration(latency)
+    except (DurationError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    ruleset = loaded.ruleset
+    api = Services(ApiClient.from_settings(settings))
+    try:
+        histories = list(fetch_histories(api, start, contacts=ruleset.needs_contact))
+    except ApiError as exc:
+        typer.echo(f"inboxpilot: cannot read the conversations: {exc}", err=True)
+        raise typer.Exit(1) from None
+    report = replay(ruleset, histories, start, now, latency=delay)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_table(report))
+
+
+def _since(value: str, now: datetime) -> datetime:
+    """`7d` (a duration back from now) or an ISO 8601 time."""
+    from worker.rules.durations import parse_duration
+
+    if value[:1].isdigit() and "-" not in value:
+        return now - parse_duration(value)
+    when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
