@@ -52,6 +52,7 @@ from typing import Any, Literal
 
 import redis
 from dramatiq.errors import Retry
+from jinja2 import TemplateError
 
 from worker.api.errors import ApiError, NotFound, RateLimited
 from worker.api.models import WINDOWED_CHANNELS, Contact, Conversation, Message
@@ -63,7 +64,7 @@ from worker.rules.actions import ACTIONS as ACTION_TYPES
 from worker.rules.actions import NoteAction, ReplyAction
 from worker.rules.context import utc
 from worker.rules.evaluator import Snapshot, evaluate
-from worker.rules.templates import TemplateRenderError, render
+from worker.rules.templates import TemplateRenderError, render, uses_contact
 from worker.runtime import Runtime
 
 log = get_logger(__name__)
@@ -481,10 +482,19 @@ def reply_text(runtime: Runtime, action: ReplyAction | NoteAction, fresh: Fresh)
         raw = _predefined_text(runtime, action.predefined)
     if raw is None:
         raise StepError("reply without text or predefined message")
-    text = render(raw, fresh.conversation, fresh.contact, _agent(runtime, fresh.conversation))
+    # The contact is one more API read per reply: fetch it only when the text uses it.
+    contact = fresh.contact if _may_use_contact(raw) else None
+    text = render(raw, fresh.conversation, contact, _agent(runtime, fresh.conversation))
     if "{{" in text or "}}" in text or not text.strip():
         raise TemplateRenderError("rendered text is empty or still holds '{{ }}'")
     return text
+
+
+def _may_use_contact(text: str) -> bool:
+    try:
+        return uses_contact(text)
+    except TemplateError:  # a broken predefined text: render reports it as a failed firing
+        return True
 
 
 def _predefined_text(runtime: Runtime, ref: int | str | None) -> str:

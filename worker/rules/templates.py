@@ -55,6 +55,7 @@ def check_template(text: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=1024)  # asked once per reply executed; a parse costs more than the lookup
 def uses_contact(text: str) -> bool:
     return "contact" in meta.find_undeclared_variables(_ENV.parse(text))
 
