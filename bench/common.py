@@ -280,10 +280,17 @@ def report(
     return text
 
 
-def arguments(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+def arguments(
+    description: str,
+    argv: Sequence[str] | None = None,
+    extra: Callable[[argparse.ArgumentParser], object] | None = None,
+) -> argparse.Namespace:
+    """--quick and --no-save, plus what `extra` adds to the parser."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes, seconds (CI)")
     parser.add_argument("--no-save", action="store_true", help="print only; do not append to RESULTS.md")
+    if extra is not None:
+        extra(parser)
     if argv is None:  # run from the command line: the worker's per-request logs would swamp the table
         configure_logging("WARNING", "console")
     return parser.parse_args(argv)

@@ -1,0 +1,364 @@
+"""Benchmark 5, end-to-end throughput: replies per second through scheduler -> Redis ->
+dramatiq workers -> simulator, beside the simulator's own ceiling measured in the same run.
+
+    python -m bench.throughput [--quick] [--no-save] [--profile PATH]
+    BENCH_REDIS_URL=redis://127.0.0.1:6379/14 python -m bench.throughput   # also: worker processes
+
+K conversations whose customer is waiting are created in `inboxpilot sandbox` (its
+own process); a reply rule matches all of them; the leader loop polls until
+nothing is left (one poll reads K/50 pages), claiming and enqueueing K message
+steps; the clock stops when the simulator's audit log holds K applied sends.
+The ceilings: raw POSTs to the send endpoint with N client threads (the
+simulator alone), and the worker's per-reply request mix (read the
+conversation, read its messages, send) through the worker's own API client with
+N threads (the API side without Redis, the ledger or dramatiq).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench.common import (
+    TOKEN,
+    Collector,
+    Sandbox,
+    Table,
+    arguments,
+    bench_redis_url,
+    command_line,
+    flush,
+    lead,
+    report,
+    sandbox_process,
+    worker_processes,
+    worker_settings_env,
+)
+from worker.api.models import Conversation
+from worker.api.services import SEND_PATHS
+from worker.app import App
+from worker.config import Settings, load_settings
+from worker.execution import execute
+from worker.runtime import Runtime
+
+CHANNEL = "sms"
+SEND_PATH = SEND_PATHS[CHANNEL]
+REPLY = "Thanks for writing: we are on it."
+RULES = f"""
+rules:
+  - id: acknowledge
+    once: per_inbound_message
+    when: {{status: open, team_replied: false}}
+    then:
+      - reply: "{REPLY}"
+"""
+GOAL_PER_S = 1_000
+DRAIN_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class Config:
+    workers: str = "threads"  # "threads" (in-process) or "processes" (inboxpilot run --role worker)
+    threads: int = 8
+    processes: int = 1
+
+    @property
+    def label(self) -> str:
+        if self.workers == "threads":
+            return f"in-process, {self.threads} threads"
+        return f"{self.processes} process(es) x {self.threads} threads"
+
+
+@dataclass
+class EndToEnd:
+    config: Config
+    k: int
+    replies: int
+    poll_s: float
+    total_s: float
+
+    @property
+    def per_s(self) -> float:
+        return self.replies / self.total_s if self.total_s else 0.0
+
+
+@dataclass
+class Ceiling:
+    what: str
+    threads: int
+    calls: int
+    seconds: float
+
+    @property
+    def per_s(self) -> float:
+        return self.calls / self.seconds if self.seconds else 0.0
+
+
+# --- set-up ---------------------------------------------------------------------------------
+
+
+def create_waiting(sandbox: Sandbox, k: int, threads: int = 8) -> list[int]:
+    """K new conversations, each with the customer's first message unanswered."""
+
+    def one(_: int) -> int:
+        return int(sandbox.new_conversation(channel=CHANNEL)["id"])
+
+    with ThreadPoolExecutor(threads) as pool:
+        return sorted(pool.map(one, range(k)))
+
+
+def bench_settings(sandbox: Sandbox, redis_url: str, rules_path: Path) -> Settings:
+    return load_settings(
+        api_url=sandbox.url,
+        api_token=TOKEN,
+        redis_url=redis_url,
+        rules_path=rules_path,
+        rate_limit_per_s=1_000_000,
+        rate_burst=1_000_000,
+        log_level="WARNING",
+    )
+
+
+@dataclass
+class Scenario:
+    sandbox: Sandbox
+    redis_url: str
+    rules_path: Path
+    ids: list[int]
+
+    def settings(self) -> Settings:
+        return bench_settings(self.sandbox, self.redis_url, self.rules_path)
+
+    def worker_env(self) -> dict[str, str]:
+        return worker_settings_env(self.sandbox.url, self.redis_url, self.rules_path)
+
+
+@contextlib.contextmanager
+def scenario(k: int) -> Iterator[Scenario]:
+    """A sandbox with K waiting conversations, a clean Redis and the reply rule on disk."""
+    with sandbox_process() as sandbox, tempfile.TemporaryDirectory() as tmp:
+        redis_url = bench_redis_url()
+        flush(redis_url)
+        rules_path = Path(tmp) / "rules.yaml"
+        rules_path.write_text(RULES)
+        yield Scenario(sandbox, redis_url, rules_path, create_waiting(sandbox, k))
+
+
+def applied_sends(sandbox: Sandbox, cursor: int) -> tuple[int, int]:
+    """(applied sends after `cursor`, the new cursor)."""
+    entries = sandbox.audit(cursor)
+    sends = sum(1 for e in entries if e["path"] == SEND_PATH and e["applied"])
+    return sends, max([cursor, *(int(e["seq"]) for e in entries)])
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+
+def end_to_end(config: Config, k: int) -> EndToEnd:
+    with scenario(k) as setup:
+        sandbox = setup.sandbox
+        _, cursor = applied_sends(sandbox, 0)  # skip the conversations' creation
+        app = App.build(setup.settings())
+        with contextlib.ExitStack() as stack:
+            stack.callback(app.close)
+            start_workers(stack, config, app, setup.worker_env())
+            loop = app.loop()
+            lead(loop)
+            started = time.perf_counter()
+            while loop.poll_once().conversations:  # one poll pages through all K, then a quiet one
+                pass
+            poll_s = time.perf_counter() - started
+            replies = 0
+            deadline = time.monotonic() + DRAIN_TIMEOUT_S
+            while replies < k and time.monotonic() < deadline:
+                sends, cursor = applied_sends(sandbox, cursor)
+                replies += sends
+                if replies < k:
+                    time.sleep(0.05)  # polling the audit log with a deadline
+            total_s = time.perf_counter() - started
+    return EndToEnd(config, k, replies, poll_s, total_s)
+
+
+def start_workers(stack: contextlib.ExitStack, config: Config, app: App, env: dict[str, str]) -> None:
+    if config.workers == "processes":
+        stack.enter_context(worker_processes(env, config.processes, config.threads))
+        return
+    worker = app.worker(config.threads)
+    worker.start()
+    stack.callback(worker.stop)
+
+
+# --- ceilings -------------------------------------------------------------------------------
+
+
+def hammer(threads: int, seconds: float, call: Callable[[int], None]) -> int:
+    """Run `call(i)` from `threads` threads for `seconds`; the number of calls made."""
+    counter = itertools.count()
+    stop = time.monotonic() + seconds
+    made = [0] * threads
+
+    def work(slot: int) -> None:
+        while time.monotonic() < stop:
+            call(next(counter))
+            made[slot] += 1
+
+    pool = [threading.Thread(target=work, args=(slot,)) for slot in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return sum(made)
+
+
+def send_ceiling(sandbox: Sandbox, ids: Sequence[int], threads: int, seconds: float) -> Ceiling:
+    """Raw POSTs to the send endpoint: the simulator's own ceiling for replies."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    clients = threading.local()
+
+    def call(i: int) -> None:
+        if not hasattr(clients, "c"):
+            clients.c = httpx.Client(base_url=sandbox.url, headers=headers, timeout=60)
+        body = {"conversation_id": ids[i % len(ids)], "message_text": "ceiling", "message_type": "text"}
+        clients.c.post(SEND_PATH, json=body).raise_for_status()
+
+    started = time.perf_counter()
+    calls = hammer(threads, seconds, call)
+    return Ceiling("simulator: raw send POSTs", threads, calls, time.perf_counter() - started)
+
+
+def mix_ceiling(runtime: Runtime, ids: Sequence[int], threads: int, seconds: float) -> Ceiling:
+    """The worker's per-reply API calls through its own client: read, read messages, send."""
+    api = runtime.api
+
+    def call(i: int) -> None:
+        conversation: Conversation = api.conversations.get(ids[i % len(ids)])
+        api.messages.latest(conversation.channel, conversation.id)
+        api.sends.send_message(conversation, "ceiling", "text")
+
+    started = time.perf_counter()
+    calls = hammer(threads, seconds, call)
+    return Ceiling("worker API client: get + messages + send", threads, calls, time.perf_counter() - started)
+
+
+def ceilings(k: int, threads: Sequence[int], seconds: float) -> list[Ceiling]:
+    out: list[Ceiling] = []
+    with scenario(k) as setup:
+        out += [send_ceiling(setup.sandbox, setup.ids, n, seconds) for n in threads]
+        runtime = Runtime.build(setup.settings())
+        try:
+            out += [mix_ceiling(runtime, setup.ids, n, seconds) for n in threads]
+        finally:
+            runtime.close()
+    return out
+
+
+# --- profile --------------------------------------------------------------------------------
+
+
+def profile(k: int, path: Path) -> float:
+    """Poll, then execute every step in this thread under pyinstrument; seconds per reply."""
+    from pyinstrument import Profiler
+
+    with scenario(k) as setup:
+        app = App.build(setup.settings())
+        try:
+            collector = Collector()
+            loop = app.loop()
+            loop.dispatcher = collector
+            lead(loop)
+            profiler = Profiler(interval=0.0005)
+            profiler.start()
+            started = time.perf_counter()
+            while loop.poll_once().conversations:
+                pass
+            for step in collector.steps:
+                execute(app.runtime, step)
+            seconds = time.perf_counter() - started
+            profiler.stop()
+        finally:
+            app.close()
+    path.write_text(profiler.output_text(unicode=True, color=False, show_all=False))
+    return seconds / k
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def table(runs: Sequence[EndToEnd], best_sim: Ceiling, best_mix: Ceiling) -> Table:
+    out = Table(
+        ["workers", "K", "replies", "poll+enqueue s", "total s", "replies/s", f"goal ≥ {GOAL_PER_S:,}/s",
+         "met", "share of sim send ceiling", "share of API-mix ceiling"]
+    )  # fmt: skip
+    for r in runs:
+        out.add(
+            r.config.label, r.k, r.replies, r.poll_s, r.total_s, r.per_s, GOAL_PER_S,
+            "yes" if r.per_s >= GOAL_PER_S else "**no**",
+            f"{r.per_s / best_sim.per_s:.0%}" if best_sim.per_s else "-",
+            f"{r.per_s / best_mix.per_s:.0%}" if best_mix.per_s else "-",
+        )  # fmt: skip
+    return out
+
+
+def ceiling_table(found: Sequence[Ceiling]) -> Table:
+    out = Table(["ceiling", "client threads", "calls", "seconds", "calls/s"])
+    for c in found:
+        out.add(c.what, c.threads, c.calls, c.seconds, c.per_s)
+    return out
+
+
+def configs(quick: bool) -> list[Config]:
+    if quick:
+        return [Config(threads=8)]
+    found = [Config(threads=8), Config(threads=16)]
+    if bench_redis_url():  # separate processes share the queue and ledger only through a real Redis
+        found += [Config("processes", 8, 1), Config("processes", 8, 2), Config("processes", 16, 2)]
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> tuple[list[EndToEnd], list[Ceiling]]:
+    args = arguments(__doc__ or "", argv, _profile_option)
+    profile_path: Path | None = args.profile
+    k = 100 if args.quick else 2_000
+    runs = [end_to_end(config, k) for config in configs(args.quick)]
+    found = ceilings(k, (4,) if args.quick else (1, 4, 8), 1.0 if args.quick else 3.0)
+    best_sim = max((c for c in found if c.what.startswith("simulator")), key=lambda c: c.per_s)
+    best_mix = max((c for c in found if not c.what.startswith("simulator")), key=lambda c: c.per_s)
+    notes = [
+        f"K = {k:,} new {CHANNEL} conversations waiting for a reply in `inboxpilot sandbox` (own process); "
+        "rule: `team_replied: false` -> reply. The clock runs from the first poll until the audit log "
+        "holds K applied sends; poll+enqueue = the leader's polls (K/50 pages, K claims, K messages).",
+        "each reply = an exec lock, a ledger attempt, GET conversation, GET its messages (read-back), "
+        "the rule re-check, POST send, ledger done: 3 API calls and about 6 Redis round trips.",
+        "sim send ceiling = raw POSTs to the send endpoint from N threads (best "
+        f"{best_sim.per_s:,.0f}/s); API-mix ceiling = the same 3 calls per reply through the worker's "
+        f"client from N threads, no Redis or dramatiq (best {best_mix.per_s:,.0f} replies/s).",
+    ]
+    if profile_path is not None:
+        per_reply = profile(k, profile_path)
+        notes.append(f"profile (one thread, poll then execute): {1000 * per_reply:.2f} ms per reply")
+    report(
+        "End-to-end throughput (benchmark 5)",
+        command_line("bench.throughput", argv),
+        [("", table(runs, best_sim, best_mix)), ("Ceilings measured in the same run", ceiling_table(found))],
+        notes,
+        save=not args.no_save,
+    )
+    return runs, found
+
+
+def _profile_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", type=Path, help="also profile one thread (pyinstrument text to PATH)")
+
+
+if __name__ == "__main__":
+    main()
