@@ -48,7 +48,7 @@ from worker.clock import Clock, from_epoch, to_epoch
 from worker.logs import get_logger
 from worker.rulebook import Rulebook
 from worker.rules.routing import Choice, Pool, choose_agent, retry_at, skill_needs, waiting_since
-from worker.scheduling.timers import DueTimers
+from worker.scheduling.timers import TIMERS_KEY, DueTimers
 
 log = get_logger(__name__)
 
@@ -59,6 +59,8 @@ RETRY_PREFIX = "inboxpilot:routing:retry:"
 DEFAULT_RETRY_S = 60.0
 # A line is woken ("retry now") at most this often, so a line that cannot move never spins.
 MIN_WAKE_INTERVAL_S = 10.0
+# Only the oldest this many of a line hold due-timers; the rest move up as the head is served.
+LINE_HEAD = MAX_BULK_IDS
 CAS_ATTEMPTS = 8
 
 _CAS = """
@@ -83,6 +85,7 @@ class _Tick:
     line_records: dict[str, list[Conversation]] = field(default_factory=dict)
     deferred: dict[int, tuple[str, bool]] = field(default_factory=dict)  # conv -> (pool, now?)
     settled: set[int] = field(default_factory=set)
+    lineless: set[int] = field(default_factory=set)  # deferred hand-ons: they keep their owner
     wake: set[str] = field(default_factory=set)
     answers: dict[tuple[str, int, tuple[int, ...]], Choice] = field(default_factory=dict)
     requests: int = 0
@@ -162,7 +165,9 @@ class Router:
 
     def _defer(self, pool: Pool, conversation: Conversation, *, at_once: bool) -> None:
         self._tick.deferred[conversation.id] = (pool.name, at_once)
-        if conversation.owner_id is None:  # a hand-on keeps its owner meanwhile: no line
+        if conversation.owner_id is not None:  # a hand-on keeps its owner meanwhile: no line
+            self._tick.lineless.add(conversation.id)
+        else:
             since = waiting_since(conversation) or self._clock.now()
             self._redis.zadd(LINE_PREFIX + pool.name, {str(conversation.id): to_epoch(since)})
 
@@ -293,29 +298,53 @@ class Router:
     # --- end of tick: retry timers and line upkeep ---------------------------------------------
 
     def end_tick(self, deferred: Iterable[tuple[str, int]], evaluated: Iterable[int]) -> None:
-        """Give deferred conversations a retry due-timer; drop from the lines conversations that
-        were evaluated this tick and no longer ask for a pool (assigned, closed, moot)."""
-        now = self._clock.now()
-        timers: list[tuple[str, int, datetime]] = []
+        """Drop from the lines conversations evaluated this tick that no longer ask for a pool
+        (assigned, closed, moot); give the head of each line and every deferred hand-on a retry
+        due-timer (the rest of a line waits its turn without one)."""
+        now, tick = self._clock.now(), self._tick
+        woken = {name: self._wake_time(name, now) for name in tick.wake}
         rules: dict[str, dict[str, str]] = {}
-        woken = {name: self._wake_time(name, now) for name in self._tick.wake}
+        timers: list[tuple[str, int, datetime]] = []
         for rule_id, conversation_id in deferred:
-            intent = self._tick.deferred.get(conversation_id)
+            intent = tick.deferred.get(conversation_id)
             if intent is None:
                 continue
-            pool_name, at_once = intent
-            due = woken.get(pool_name, now) if at_once else self._retry_time(pool_name, now)
-            timers.append((rule_id, conversation_id, due))
-            rules.setdefault(pool_name, {})[str(conversation_id)] = rule_id
+            pool_name, _ = intent
+            if conversation_id in tick.lineless:
+                timers.append((rule_id, conversation_id, self._retry_time(pool_name, now)))
+            else:
+                rules.setdefault(pool_name, {})[str(conversation_id)] = rule_id
         for pool_name, mapping in rules.items():
             self._redis.hset(LINE_RULE_PREFIX + pool_name, mapping=dict(mapping))  # type: ignore[arg-type]
-        for pool_name, when in woken.items():
-            line: Any = self._redis.hgetall(LINE_RULE_PREFIX + pool_name)
-            timers.extend((_text(r), int(_text(c)), when) for c, r in line.items())
+        self._leave_line(
+            {c for c in evaluated if c not in tick.deferred} | tick.settled, self._rulebook.ruleset.pools
+        )
+        for pool_name in self._rulebook.ruleset.pools:
+            timers.extend(self._head_timers(pool_name, now, woken.get(pool_name)))
         if timers:
             self._timers.schedule_many(timers)
-        done = {c for c in evaluated if c not in self._tick.deferred} | self._tick.settled
-        self._leave_line(done, self._rulebook.ruleset.pools)
+
+    def _head_timers(
+        self, pool_name: str, now: datetime, woken: datetime | None
+    ) -> list[tuple[str, int, datetime]]:
+        """Timers for the oldest LINE_HEAD of a line: all at `woken` when the line was woken,
+        else at the pool's retry time for those without one (existing timers are not moved)."""
+        members: Any = self._redis.zrange(LINE_PREFIX + pool_name, 0, LINE_HEAD - 1)
+        if not members:
+            return []
+        convs = [_text(m) for m in members]
+        rules: Any = self._redis.hmget(LINE_RULE_PREFIX + pool_name, convs)
+        head = [(_text(r), int(c)) for c, r in zip(convs, rules, strict=True) if r is not None]
+        if woken is not None:
+            return [(rule, conv, woken) for rule, conv in head]
+        pipe = self._redis.pipeline(transaction=False)
+        for rule, conv in head:
+            pipe.zscore(TIMERS_KEY, f"{rule}|{conv}")
+        missing = [pair for pair, score in zip(head, pipe.execute(), strict=True) if score is None]
+        if not missing:
+            return []
+        due = self._retry_time(pool_name, now)
+        return [(rule, conv, due) for rule, conv in missing]
 
     def _retry_time(self, pool_name: str, now: datetime) -> datetime:
         """The pool's shared retry time: kept while in the future, else the next one."""
