@@ -8,7 +8,7 @@ next poll or the resync retries it); it never stops the others.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from worker.api.errors import ApiError, NotFound
 from worker.api.models import Contact, Conversation
@@ -20,16 +20,27 @@ from worker.rules.model import RuleSet
 log = get_logger(__name__)
 
 
-def read_snapshots(api: Services, ruleset: RuleSet, conversations: Iterable[Conversation]) -> list[Snapshot]:
+SnapshotErrorHook = Callable[[Conversation, Exception], None]
+"""on_error(conversation, error): told about each conversation left out (e.g. to quarantine it)."""
+
+
+def read_snapshots(
+    api: Services,
+    ruleset: RuleSet,
+    conversations: Iterable[Conversation],
+    on_error: SnapshotErrorHook | None = None,
+) -> list[Snapshot]:
     snapshots = []
     for conversation in conversations:
-        snapshot = read_snapshot(api, ruleset, conversation)
+        snapshot = read_snapshot(api, ruleset, conversation, on_error)
         if snapshot is not None:
             snapshots.append(snapshot)
     return snapshots
 
 
-def read_snapshot(api: Services, ruleset: RuleSet, conversation: Conversation) -> Snapshot | None:
+def read_snapshot(
+    api: Services, ruleset: RuleSet, conversation: Conversation, on_error: SnapshotErrorHook | None = None
+) -> Snapshot | None:
     try:
         messages = (
             api.messages.latest(conversation.channel, conversation.id) if ruleset.needs_messages else None
@@ -37,6 +48,8 @@ def read_snapshot(api: Services, ruleset: RuleSet, conversation: Conversation) -
         contact = _contact(api, conversation) if ruleset.needs_contact else None
     except (ApiError, ValueError) as exc:
         log.error("snapshot_read_failed", conversation_id=conversation.id, error=str(exc))
+        if on_error is not None:
+            on_error(conversation, exc)
         return None
     return Snapshot(conversation, messages, contact)
 

@@ -32,6 +32,7 @@ from worker.routing_state import Router
 from worker.rules.evaluator import Evaluation, Match, evaluate
 from worker.runtime import Runtime
 from worker.scheduling.poller import Poller
+from worker.scheduling.quarantine import Quarantine, is_poison
 from worker.scheduling.watermark import Watermark
 from worker.sla_pauses import SlaPauses
 from worker.snapshots import read_snapshots
@@ -90,6 +91,7 @@ class Loop:
         self.watermark = Watermark(runtime.redis)
         self.router = Router(runtime.redis, runtime.api.client, runtime.rulebook, runtime.clock)
         self.sla_pauses = SlaPauses(runtime.redis)
+        self.quarantine = Quarantine(runtime.redis, runtime.clock)
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -150,6 +152,7 @@ class Loop:
     # --- the shared path ----------------------------------------------------------------------
 
     def process(self, conversations: Sequence[Conversation], kind: str) -> TickReport:
+        conversations = self.quarantine.admit(conversations) if conversations else []
         report = TickReport(kind, conversations=len(conversations))
         if not conversations:
             return report
@@ -160,8 +163,12 @@ class Loop:
         # SLA clocks skip the pauses seen on earlier ticks (worker/sla_pauses.py).
         (self.sla_pauses.attach if self.dry_run else self.sla_pauses.observe)(ruleset, conversations, now)
         pairs: list[tuple[int, Match]] = []
-        for snapshot in read_snapshots(runtime.api, ruleset, conversations):
-            evaluation = evaluate(ruleset, snapshot, now, state)
+        for snapshot in read_snapshots(runtime.api, ruleset, conversations, self._snapshot_failed):
+            try:
+                evaluation = evaluate(ruleset, snapshot, now, state)
+            except Exception as exc:  # a rule that breaks on odd data must not stop the tick
+                self._set_aside(snapshot.conversation.id, f"evaluation failed: {type(exc).__name__}: {exc}")
+                continue
             CONVERSATIONS_EVALUATED.inc()
             report.evaluations.append(evaluation)
             if not self.dry_run:
@@ -172,6 +179,16 @@ class Loop:
             RULE_MATCHES.labels(rule=match.rule_id).inc()
         self._plan_and_dispatch(self._unclaimed(pairs), conversations, report)
         return report
+
+    def _snapshot_failed(self, conversation: Conversation, exc: Exception) -> None:
+        if is_poison(exc) and not self.dry_run:
+            self.quarantine.add(conversation.id, f"snapshot: {type(exc).__name__}: {exc}")
+
+    def _set_aside(self, conversation_id: int, reason: str) -> None:
+        if self.dry_run:
+            log.error("conversation_evaluation_failed", conversation_id=conversation_id, reason=reason)
+            return
+        self.quarantine.add(conversation_id, reason)
 
     def _unclaimed(self, pairs: list[tuple[int, Match]]) -> list[tuple[int, Match]]:
         """Matches with at least one action not yet in the ledger (skips known firings cheaply)."""

@@ -58,7 +58,7 @@ class Poller:
             fresh = [c for c in page if c.id not in seen_ids]
             seen_ids.update(c.id for c in fresh)
             result.conversations.extend(filter_new_records(state, fresh))
-            if not full:
+            if not full or _repeats(page, fresh, "incremental", result.pages):
                 break
             if page:
                 since, skip_at_since = _next_bound(page, since, skip_at_since)
@@ -69,14 +69,17 @@ class Poller:
     def open_conversations(self) -> Iterator[list[Conversation]]:
         """All open conversations, a page at a time (for the full resync)."""
         skip, pages = 0, 0
+        seen_ids: set[int] = set()
         while pages < MAX_PAGES_PER_TICK:
             query = {"status": "open", "$sort": {"id": 1}}
             page, received, full = self._page(query, skip, "resync", PollResult())
             pages += 1
-            if page:
-                yield page
+            fresh = [c for c in page if c.id not in seen_ids]
+            seen_ids.update(c.id for c in fresh)
+            if fresh:
+                yield fresh
             skip += received
-            if not full:
+            if not full or _repeats(page, fresh, "resync", pages):
                 return
 
     def _page(
@@ -92,6 +95,18 @@ class Poller:
         # The server may clamp $limit: a page is full when it holds what the server says it sends.
         is_full = len(page.data) >= max(1, min(page.limit, self._page_size))
         return parsed, len(page.data), is_full
+
+
+def _repeats(page: list[Conversation], fresh: list[Conversation], kind: str, pages: int) -> bool:
+    """A full page with nothing new: the server ignores our bounds ($skip, `updated_at`).
+
+    Paging on would fetch the same records up to MAX_PAGES_PER_TICK times; end
+    the tick instead (the next tick starts again from the watermark).
+    """
+    if not page or fresh:
+        return False
+    log.error("page_repeated", kind=kind, page=pages, first_id=page[0].id, records=len(page))
+    return True
 
 
 def _next_bound(page: list[Conversation], since: datetime | None, skip: int) -> tuple[datetime | None, int]:
