@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -145,8 +146,13 @@ class SlaPolicy:
     def pauses(self) -> bool:
         return bool(self.pause_stages or self.pause_statuses)
 
+    @cached_property
+    def _applies_test(self) -> Callable[[EvalContext], bool] | None:
+        return None if self.applies is None else self.applies.compile()
+
     def applies_to(self, ctx: EvalContext) -> bool:
-        return self.applies is None or self.applies.compile()(ctx)
+        test = self._applies_test
+        return test is None or test(ctx)
 
     def measure(self, a: datetime, b: datetime) -> timedelta:
         """Clock time in [a, b): business time of the calendar, or wall time."""
