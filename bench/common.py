@@ -434,3 +434,8 @@ def worker_processes(env: dict[str, str], processes: int, threads: int) -> Itera
         yield
     finally:
         stop_process(process, timeout_s=30)
+
+
+def load_note() -> str:
+    """The 1-minute load average now: other work on the machine shows in real-clock figures."""
+    return f"load average (1 min) at the start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"

@@ -17,6 +17,7 @@ bulk call minus the conversation's `created_at` (assign) or its
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -34,6 +35,7 @@ from bench.common import (
     command_line,
     flush,
     lead,
+    load_note,
     parse_time,
     percentile,
     report,
@@ -243,6 +245,7 @@ def configs(quick: bool) -> list[Config]:
 def main(argv: Sequence[str] | None = None) -> list[LatencyResult]:
     args = arguments(__doc__ or "", argv)
     events, rate, sla_s = (30, 30.0, 3) if args.quick else (500, 10.0, 20)
+    load = load_note()
     results = [measure(config, events, rate, sla_s) for config in configs(args.quick)]
     notes = [
         f"{events} new sms conversations at {rate:g}/s into `inboxpilot sandbox` "
@@ -256,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> list[LatencyResult]:
         "a naive cron poller at the same interval waits the same interval/2 on average, plus a full scan "
         "(ceil(N/50) pages, see benchmark 1) before it can act.",
     ]
+    notes.append(load + f"; at the end {os.getloadavg()[0]:.1f}")
     report(
         "Reaction latency (benchmark 3)",
         command_line("bench.latency", argv),

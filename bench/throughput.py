@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import os
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -39,6 +41,7 @@ from bench.common import (
     command_line,
     flush,
     lead,
+    load_note,
     report,
     sandbox_process,
     worker_processes,
@@ -50,6 +53,8 @@ from worker.app import App
 from worker.config import Settings, load_settings
 from worker.execution import execute
 from worker.runtime import Runtime
+from worker.scheduling.loop import Loop
+from worker.scheduling.watermark import WatermarkState
 
 CHANNEL = "sms"
 SEND_PATH = SEND_PATHS[CHANNEL]
@@ -135,6 +140,7 @@ class Scenario:
     redis_url: str
     rules_path: Path
     ids: list[int]
+    before: datetime  # just before the K conversations were created (the seeded ones are older)
 
     def settings(self) -> Settings:
         return bench_settings(self.sandbox, self.redis_url, self.rules_path)
@@ -144,14 +150,15 @@ class Scenario:
 
 
 @contextlib.contextmanager
-def scenario(k: int) -> Iterator[Scenario]:
-    """A sandbox with K waiting conversations, a clean Redis and the reply rule on disk."""
-    with sandbox_process() as sandbox, tempfile.TemporaryDirectory() as tmp:
+def scenario(k: int, seed_n: int = 0) -> Iterator[Scenario]:
+    """A sandbox (`seed_n` old conversations) with K new waiting ones, a clean Redis, the reply rule."""
+    with sandbox_process(seed=seed_n) as sandbox, tempfile.TemporaryDirectory() as tmp:
         redis_url = bench_redis_url()
         flush(redis_url)
         rules_path = Path(tmp) / "rules.yaml"
         rules_path.write_text(RULES)
-        yield Scenario(sandbox, redis_url, rules_path, create_waiting(sandbox, k))
+        before = datetime.now(UTC)
+        yield Scenario(sandbox, redis_url, rules_path, create_waiting(sandbox, k), before)
 
 
 def applied_sends(sandbox: Sandbox, cursor: int) -> tuple[int, int]:
@@ -164,8 +171,8 @@ def applied_sends(sandbox: Sandbox, cursor: int) -> tuple[int, int]:
 # --- end to end -----------------------------------------------------------------------------
 
 
-def end_to_end(config: Config, k: int) -> EndToEnd:
-    with scenario(k) as setup:
+def end_to_end(config: Config, k: int, seed_n: int = 0) -> EndToEnd:
+    with scenario(k, seed_n) as setup:
         sandbox = setup.sandbox
         _, cursor = applied_sends(sandbox, 0)  # skip the conversations' creation
         app = App.build(setup.settings())
@@ -173,7 +180,7 @@ def end_to_end(config: Config, k: int) -> EndToEnd:
             stack.callback(app.close)
             start_workers(stack, config, app, setup.worker_env())
             loop = app.loop()
-            lead(loop)
+            skip_seeded(loop, setup.before)
             started = time.perf_counter()
             while loop.poll_once().conversations:  # one poll pages through all K, then a quiet one
                 pass
@@ -187,6 +194,13 @@ def end_to_end(config: Config, k: int) -> EndToEnd:
                     time.sleep(0.05)  # polling the audit log with a deadline
             total_s = time.perf_counter() - started
     return EndToEnd(config, k, replies, poll_s, total_s)
+
+
+def skip_seeded(loop: Loop, before: datetime) -> None:
+    """Lead, with the watermark just before the K conversations: the poll reads those only."""
+    lease = lead(loop)
+    if not loop.watermark.save(WatermarkState(before, frozenset()), lease.token):
+        raise RuntimeError("watermark write refused")
 
 
 def start_workers(stack: contextlib.ExitStack, config: Config, app: App, env: dict[str, str]) -> None:
@@ -275,7 +289,7 @@ def profile(k: int, path: Path) -> float:
             collector = Collector()
             loop = app.loop()
             loop.dispatcher = collector
-            lead(loop)
+            skip_seeded(loop, setup.before)
             profiler = Profiler(interval=0.0005)
             profiler.start()
             started = time.perf_counter()
@@ -329,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[EndToEnd], list[Ceilin
     args = arguments(__doc__ or "", argv, _profile_option)
     profile_path: Path | None = args.profile
     k = 100 if args.quick else 2_000
+    load = load_note()
     runs = [end_to_end(config, k) for config in configs(args.quick)]
     found = ceilings(k, (4,) if args.quick else (1, 4, 8), 1.0 if args.quick else 3.0)
     best_sim = max((c for c in found if c.what.startswith("simulator")), key=lambda c: c.per_s)
@@ -343,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[EndToEnd], list[Ceilin
         f"{best_sim.per_s:,.0f}/s); API-mix ceiling = the same 3 calls per reply through the worker's "
         f"client from N threads, no Redis or dramatiq (best {best_mix.per_s:,.0f} replies/s).",
     ]
+    notes.append(load + f"; at the end {os.getloadavg()[0]:.1f}")
     if profile_path is not None:
         per_reply = profile(k, profile_path)
         notes.append(f"profile (one thread, poll then execute): {1000 * per_reply:.2f} ms per reply")

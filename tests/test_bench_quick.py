@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from bench import action_cost, eval_throughput, growth, poll_cost
+from bench import action_cost, eval_throughput, growth, latency, poll_cost, throughput
 
 QUICK = ["--quick", "--no-save"]
 
@@ -54,3 +54,25 @@ def test_growth_keeps_the_quiet_tick_at_one_request_for_every_n() -> None:
     assert all(r.quiet == 1 for r in rows)
     assert [r.naive_requests for r in rows] == [20, 40]
     assert all(r.fixed_requests <= math.ceil(growth.FIXED_CHANGES / 50) + 1 for r in rows)
+
+
+@pytest.mark.slow
+def test_latency_sees_every_conversation_assigned_and_escalated() -> None:
+    (result,) = latency.main(QUICK)
+    assert result.events == 30
+    assert len(result.assign_s) == len(result.escalate_s) == result.events
+    # Nothing acts before its cause: no assignment before creation, no escalation before the deadline.
+    assert min(result.assign_s) >= 0
+    assert min(result.escalate_s) >= 0
+
+
+@pytest.mark.slow
+def test_throughput_delivers_one_reply_per_waiting_conversation() -> None:
+    runs, ceilings = throughput.main(QUICK)
+    assert [(r.k, r.replies) for r in runs] == [(100, 100)]
+    assert all(r.total_s >= r.poll_s > 0 for r in runs)
+    assert {c.what for c in ceilings} == {
+        "simulator: raw send POSTs",
+        "worker API client: get + messages + send",
+    }
+    assert all(c.calls > 0 for c in ceilings)
