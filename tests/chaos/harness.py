@@ -305,7 +305,13 @@ class Cluster:
         wait_for(lambda: self.leader() is not None, 30, "a scheduler becoming leader")
 
     def stop(self) -> None:
-        for proc in [*self.schedulers, *self.workers]:
+        """SIGTERM to every worker process at once, then wait for each (graceful stops overlap)."""
+        procs = [*self.schedulers, *self.workers]
+        for proc in procs:
+            if proc.alive:
+                assert proc.popen is not None
+                proc.popen.send_signal(signal.SIGTERM)
+        for proc in procs:
             proc.stop()
         self.sim.stop()
         self.redis.proc.stop()

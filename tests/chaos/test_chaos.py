@@ -18,6 +18,7 @@ from tests.chaos.harness import ChaosConfig, run_chaos
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(290),
     pytest.mark.skipif(
         shutil.which("redis-server") is None,
         reason="the chaos run starts its own redis-server (crashed and restarted on purpose); "
