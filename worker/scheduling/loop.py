@@ -165,7 +165,7 @@ class Loop:
         pairs: list[tuple[int, Match]] = []
         for snapshot in read_snapshots(runtime.api, ruleset, conversations, self._snapshot_failed):
             try:
-                evaluation = evaluate(ruleset, snapshot, now, state)
+                evaluation = evaluate(ruleset, snapshot, now, state, with_reasons=False)
             except Exception as exc:  # a rule that breaks on odd data must not stop the tick
                 self._set_aside(snapshot.conversation.id, f"evaluation failed: {type(exc).__name__}: {exc}")
                 continue
