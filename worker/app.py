@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -19,11 +20,14 @@ from worker.broker import build_broker
 from worker.clock import Clock
 from worker.config import Settings
 from worker.health import HealthServer
+from worker.logs import get_logger
 from worker.middleware import DeadLetterNotice
 from worker.rulebook import Rulebook
 from worker.runtime import Runtime, set_runtime
 from worker.scheduling.loop import Loop
 from worker.scheduling.scheduler import SchedulerService
+
+log = get_logger(__name__)
 
 
 class ApiProbe:
@@ -77,6 +81,23 @@ class App:
 
     def worker(self, threads: int) -> dramatiq.Worker:
         return dramatiq.Worker(self.broker, queues={QUEUE}, worker_threads=threads)
+
+    def reload_rules_every(self, seconds: float, stop: threading.Event) -> threading.Thread:
+        """Keep this process's rules current (worker processes re-check firings against them).
+
+        The scheduler reloads its rules in a job; a process without one calls this.
+        """
+
+        def reload() -> None:
+            while not stop.wait(seconds):
+                try:
+                    self.runtime.rulebook.reload()
+                except Exception as exc:  # never let a reload error kill the thread
+                    log.error("rules_reload_failed", error=str(exc))
+
+        thread = threading.Thread(target=reload, name="rules-reload", daemon=True)
+        thread.start()
+        return thread
 
     def health_server(self, port: int) -> HealthServer:
         """/healthz, /readyz (Redis, API, rules) and /metrics on `port`, started."""

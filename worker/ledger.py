@@ -273,7 +273,7 @@ class Ledger:
             args=[key, state, repr(self._now(now)), self.ttl_s, fld, value, self._audit_maxlen],
         )
         if done:
-            log.info("firing_finished", key=key, state=state)
+            log.debug("firing_finished", key=key, state=state)  # execution logs the firing once
         return bool(done)
 
     def reopen(self, key: str, now: datetime | None = None) -> bool:

@@ -17,6 +17,7 @@ from worker.rules.loader import load_rules
 from worker.rules.model import RuleSet
 
 log = get_logger(__name__)
+RELOAD_INTERVAL_S = 5.0  # how often every process re-reads its rule files
 
 
 class Rulebook:

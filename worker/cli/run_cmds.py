@@ -47,6 +47,7 @@ def run(
     rules = rulebook_or_exit(settings.rules_path)
 
     from worker.app import App
+    from worker.rulebook import RELOAD_INTERVAL_S
 
     built = App.build(settings, rulebook=rules)
     health = built.health_server(settings.metrics_port) if settings.metrics_port else None
@@ -58,7 +59,9 @@ def run(
     if worker is not None:
         worker.start()
     if scheduler is not None:
-        scheduler.start()
+        scheduler.start()  # its own job reloads the rules
+    else:
+        built.reload_rules_every(RELOAD_INTERVAL_S, stop)
     log.info("running", role=role.value, threads=threads if worker else 0)
     stop.wait()
     log.info("stopping", role=role.value)
