@@ -169,7 +169,9 @@ def test_the_token_leaks_nowhere_on_the_worst_paths(
         letters = list_dead_letters(broker, QUEUE)
 
     entries = [runtime.ledger.get(item.key) for step in steps for item in step.items]
-    assert {e.state for e in entries if e} == {"failed"}  # the paths really were taken
+    # The paths really were taken: the 400 failed the note; the 500s outlasted the reply's
+    # retries, so it was dead-lettered and left pending for the ledger's re-drive.
+    assert sorted(e.state for e in entries if e) == ["failed", "pending"]
     assert letters, "the retried send was not dead-lettered"
 
     sinks = {
@@ -183,6 +185,6 @@ def test_the_token_leaks_nowhere_on_the_worst_paths(
         "client repr": repr(runtime.api.client) + repr(runtime.settings),
     }
     assert "api_retry_scheduled" in sinks["log lines"] and "api_request" in sinks["log lines"]
-    assert "dead_lettered" in sinks["ledger"] and "BadRequest" in sinks["ledger"]
+    assert "BadRequest" in sinks["ledger"]
     leaks = [name for name, text in sinks.items() if TOKEN in text]
     assert leaks == [], f"the token leaked into: {leaks}"

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.broker import MessageProxy
+from dramatiq.errors import Retry
 
 from worker import execution
+from worker.api.errors import ApiError
 from worker.broker import MAX_RETRIES
 from worker.logs import get_logger
 from worker.planning import Step
@@ -107,11 +110,15 @@ def on_dead_letter(message: MessageProxy) -> None:
 
     A message dropped without an error (AgeLimit: it waited too long on the
     queue) is not a failed firing: its items stay pending and the ledger
-    re-drives them with fresh state.
+    re-drives them with fresh state. Nor is one whose last error was transient
+    (the API down or rate-limiting for longer than the retries last, Redis
+    away, the item busy): failing it would lose a firing that an outage merely
+    delayed; the re-drive tries again later, up to the ledger's re-drive limit.
     """
     keys = _item_keys(message)
-    if message._exception is None:
-        log.info("dead_letter_left_for_redrive", message_id=message.message_id, keys=len(keys))
+    why = left_for_redrive(message._exception)
+    if why is not None:
+        log.info("dead_letter_left_for_redrive", message_id=message.message_id, keys=len(keys), why=why)
         return
     try:
         ledger = get_runtime().ledger
@@ -120,6 +127,17 @@ def on_dead_letter(message: MessageProxy) -> None:
         return
     for key in keys:
         ledger.mark_failed(key, DEAD_LETTERED)
+
+
+def left_for_redrive(exception: BaseException | None) -> str | None:
+    """Why a dead letter's items stay pending for the ledger's re-drive, or None to fail them."""
+    if exception is None:
+        return "age_limit"
+    if isinstance(exception, Retry | redis.RedisError):
+        return "transient"
+    if isinstance(exception, ApiError) and exception.retryable:
+        return "transient"
+    return None
 
 
 def _item_keys(message: MessageProxy) -> list[str]:

@@ -15,6 +15,7 @@ import redis
 
 from worker.api.client import ApiClient
 from worker.api.services import Services
+from worker.api_pause import SharedPause
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
 from worker.ledger import Ledger
@@ -57,6 +58,7 @@ class Runtime:
                     transport=transport,
                     on_response=observe_api_response,
                     on_backoff=observe_api_backoff,
+                    gate=SharedPause(client, clock),
                 )
             ),
             ledger=Ledger(

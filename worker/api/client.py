@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -36,6 +36,19 @@ ResponseHook = Callable[[str, str, int, float], None]
 """on_response(service, method, status, seconds); status 0 means no HTTP answer."""
 BackoffHook = Callable[[float], None]
 """on_backoff(seconds): called before the client sleeps to retry a read."""
+
+
+class ApiGate(Protocol):
+    """A backoff shared by every process using the token (see `worker.api_pause`)."""
+
+    def wait_s(self) -> float:
+        """Seconds every caller should still wait before calling the API (0 = go)."""
+        ...
+
+    def observe(self, status: int, retry_after_s: float | None) -> None:
+        """Learn from an answer: status 0 means no HTTP answer (refused, reset, timed out)."""
+        ...
+
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
 
@@ -68,6 +81,7 @@ class ApiClient:
         rng: random.Random | None = None,
         on_response: ResponseHook | None = None,
         on_backoff: BackoffHook | None = None,
+        gate: ApiGate | None = None,
         backoff_base_s: float = BACKOFF_BASE_S,
         backoff_max_s: float = BACKOFF_MAX_S,
         max_retry_after_s: float = MAX_RETRY_AFTER_S,
@@ -88,6 +102,7 @@ class ApiClient:
         self._max_retry_after_s = max_retry_after_s
         self._on_response = on_response
         self._on_backoff = on_backoff
+        self._gate = gate
         self._bucket = TokenBucket(rate_limit_per_s, rate_burst, self._clock)
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -272,6 +287,7 @@ class ApiClient:
         json_body: Mapping[str, Any] | None,
         idempotency_key: str | None,
     ) -> Any:
+        self._wait_for_gate(method, path)
         self._bucket.acquire()
         headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
         if idempotency_key is not None and method not in READ_METHODS:
@@ -287,9 +303,33 @@ class ApiClient:
             )
         except httpx.RequestError as exc:
             self._observe(method, path, 0, started)
+            self._tell_gate(0, None)
             raise _request_error(exc, method, path) from None
         self._observe(method, path, response.status_code, started)
+        self._tell_gate(response.status_code, self._parse_retry_after(response.headers.get("Retry-After")))
         return self._decode(response, method, path)
+
+    def _wait_for_gate(self, method: str, path: str) -> None:
+        """Another process was told to back off: do not call until then (reads wait, writes retry)."""
+        if self._gate is None:
+            return
+        wait_s = self._gate.wait_s()
+        if wait_s > 0:
+            raise RateLimited(
+                "the API is paused for every worker (shared backoff); nothing was sent",
+                name="SharedPause",
+                retry_after_s=wait_s,
+                method=method,
+                path=path,
+            )
+
+    def _tell_gate(self, status: int, retry_after_s: float | None) -> None:
+        if self._gate is None:
+            return
+        try:
+            self._gate.observe(status, retry_after_s)
+        except Exception:  # the shared backoff is advisory: never break a call over it
+            log.warning("api_gate_failed", exc_info=True)
 
     def _decode(self, response: httpx.Response, method: str, path: str) -> Any:
         status = response.status_code

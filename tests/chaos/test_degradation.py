@@ -1,0 +1,231 @@
+"""Degradation: the API rate-limiting or down, Redis down.
+
+- A 429 or an API that stops answering pauses *every* process (one Redis key),
+  reads wait it out, writes are not sent until it ends.
+- Due-timers survive an API outage and are acted on in deadline order after it.
+- A firing retried past dramatiq's retries during an outage stays pending for
+  the ledger's re-drive instead of being failed.
+- Without Redis the worker acts on nothing (no ledger, no action) and carries on
+  by itself once Redis is back.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from dramatiq.errors import Retry
+
+from tests.chaos.harness import RedisServer
+from tests.e2e._exec_helpers import applied_posts, flush_redis, plan_and_claim, runtime_on
+from worker.actors import left_for_redrive
+from worker.api.client import ApiClient
+from worker.api.errors import GeneralError, RateLimited, TransportError
+from worker.api.services import SEND_PATHS
+from worker.api_pause import FAILURE_THRESHOLD, PAUSE_KEY, SharedPause
+from worker.clock import FakeClock
+from worker.execution import execute
+from worker.planning import Step
+from worker.runtime import Runtime
+from worker.scheduling.leader import LeaderLease
+from worker.scheduling.loop import Loop
+from worker.simulator.testing import SimulatorHandle
+
+EMPTY_PAGE = {"total": 0, "limit": 50, "skip": 0, "data": []}
+URL = "http://api.test"
+
+
+class Upstream:
+    """A MockTransport handler: answers `script` in turn (then 200s), recording each call."""
+
+    def __init__(self, clock: FakeClock, *script: httpx.Response | Exception) -> None:
+        self.clock = clock
+        self.script = list(script)
+        self.calls: list[tuple[str, float]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append((request.method, self.clock.now().timestamp()))
+        if self.script:
+            answer = self.script.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        return httpx.Response(200, json=EMPTY_PAGE if request.method == "GET" else {"id": 1})
+
+
+def client(upstream: Upstream, redis_client: redis.Redis, *, read_retries: int = 3) -> ApiClient:
+    """One worker process's client: its own bucket and httpx pool, the shared pause in Redis."""
+    return ApiClient(
+        URL,
+        "tok-degradation",
+        1,
+        transport=httpx.MockTransport(upstream),
+        clock=upstream.clock,
+        read_retries=read_retries,
+        gate=SharedPause(redis_client, upstream.clock),
+    )
+
+
+def test_a_429_pauses_every_process(redis_client: redis.Redis) -> None:
+    clock = FakeClock()
+    upstream = Upstream(clock, httpx.Response(429, headers={"Retry-After": "30"}, json={}))
+    a, b = client(upstream, redis_client, read_retries=0), client(upstream, redis_client)
+    started = clock.now().timestamp()
+
+    with pytest.raises(RateLimited):
+        a.find_page("/conversations")  # told to wait 30 s
+
+    with pytest.raises(RateLimited) as paused:
+        b.create("/conversation-messages-sms", {"conversation_id": 1})
+    assert paused.value.name == "SharedPause" and paused.value.retry_after_s == pytest.approx(30)
+    assert len(upstream.calls) == 1  # the write was not sent
+
+    b.find_page("/conversations")  # a read waits the pause out, then goes
+    assert len(upstream.calls) == 2
+    assert upstream.calls[1][1] - started >= 30
+
+
+def test_an_api_that_stops_answering_pauses_every_process(redis_client: redis.Redis) -> None:
+    clock = FakeClock()
+    refused = [httpx.ConnectError("connection refused") for _ in range(FAILURE_THRESHOLD)]
+    upstream = Upstream(clock, *refused)
+    a, b = client(upstream, redis_client, read_retries=0), client(upstream, redis_client, read_retries=0)
+
+    for _ in range(FAILURE_THRESHOLD):
+        with pytest.raises(TransportError):
+            a.find_page("/conversations")
+    assert redis_client.get(PAUSE_KEY) is not None
+    with pytest.raises(RateLimited):
+        b.find_page("/conversations")
+    assert len(upstream.calls) == FAILURE_THRESHOLD  # b did not add to the load
+
+    clock.advance(2)
+    b.find_page("/conversations")  # back: one answer resets the failure count
+    assert len(upstream.calls) == FAILURE_THRESHOLD + 1
+
+
+def test_500s_alone_do_not_pause(redis_client: redis.Redis) -> None:
+    clock = FakeClock()
+    upstream = Upstream(clock, *[httpx.Response(500, json={}) for _ in range(10)])
+    a = client(upstream, redis_client, read_retries=0)
+    for _ in range(10):
+        with pytest.raises(GeneralError):
+            a.find_page("/conversations")
+    assert redis_client.get(PAUSE_KEY) is None
+
+
+def test_outage_errors_leave_dead_letters_for_the_redrive() -> None:
+    assert left_for_redrive(GeneralError("boom", status=500)) == "transient"
+    assert left_for_redrive(TransportError("timed out")) == "transient"
+    assert left_for_redrive(Retry("busy", delay=1000)) == "transient"
+    assert left_for_redrive(redis.ConnectionError("gone")) == "transient"
+    assert left_for_redrive(None) == "age_limit"
+    assert left_for_redrive(KeyError("a bug")) is None
+
+
+# --- due-timers through an API outage ------------------------------------------------------
+
+WAITING = """
+rules:
+  - id: chase
+    once: per_inbound_message
+    when: {status: open, waiting_for_reply: {longer_than: 10m}}
+    then:
+      - note: "waiting {{ conversation.id }}"
+"""
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+
+    def enqueue(self, step: Step) -> None:
+        self.steps.append(step)
+
+
+@pytest.fixture
+def loop(simulator: SimulatorHandle, redis_url: str) -> Iterator[tuple[Loop, Collector]]:
+    flush_redis(redis_url)
+    with runtime_on(simulator, redis_url, WAITING) as runtime:
+        collector = Collector()
+        the_loop = Loop(runtime, collector)
+        lease = LeaderLease(runtime.redis, "scheduler", 3600, runtime.clock)
+        assert lease.try_acquire()
+        the_loop.fencing_token = lambda: lease.token
+        yield the_loop, collector
+
+
+def test_due_timers_survive_an_outage_and_catch_up_in_deadline_order(
+    simulator: SimulatorHandle, loop: tuple[Loop, Collector]
+) -> None:
+    the_loop, collector = loop
+    ids = []
+    for _ in range(4):
+        ids.append(int(simulator.sim.new_conversation(channel="webchat")["id"]))
+        simulator.clock.advance(timedelta(minutes=1))
+    the_loop.poll_once()
+    assert len(the_loop.runtime.timers) == 4 and collector.steps == []
+
+    simulator.sim.set_faults(error_rate=1.0)  # the API is down past every due time
+    simulator.clock.advance(timedelta(minutes=30))
+    with pytest.raises(GeneralError):
+        the_loop.pump_once()
+    assert len(the_loop.runtime.timers) == 4  # none lost
+
+    simulator.sim.set_faults(error_rate=0.0)
+    for _ in range(2):
+        the_loop.pump_once(limit=2)
+    acted = [item.conversation_id for step in collector.steps for item in step.items]
+    assert acted == ids  # earliest deadline first
+    assert len(the_loop.runtime.timers) == 0
+
+
+# --- Redis down ------------------------------------------------------------------------------
+
+ACK = """
+rules:
+  - id: ack
+    once: per_inbound_message
+    when: {status: open}
+    then:
+      - reply: "Thanks, we got your message."
+"""
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server: the test stops and restarts its own server")
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.proc.stop()
+
+
+def test_without_redis_nothing_is_done_and_it_resumes_by_itself(
+    simulator: SimulatorHandle, own_redis: RedisServer
+) -> None:
+    with ExitStack() as stack:
+        runtime: Runtime = stack.enter_context(runtime_on(simulator, own_redis.url, ACK))
+        the_loop = Loop(runtime, Collector())
+        conv = int(simulator.sim.new_conversation(channel="webchat")["id"])
+        (step,) = plan_and_claim(runtime, [conv])
+
+        own_redis.proc.kill()  # Redis crashes (its append-only file keeps the claim)
+        with pytest.raises(redis.ConnectionError):
+            execute(runtime, step)
+        with pytest.raises(redis.ConnectionError):
+            the_loop.poll_once()
+        assert applied_posts(simulator, SEND_PATHS["webchat"]) == []  # no action without the ledger
+
+        own_redis.start()  # back, same objects, no restart of the worker
+        execute(runtime, step)
+        assert len(applied_posts(simulator, SEND_PATHS["webchat"])) == 1
+        entry = runtime.ledger.get(step.items[0].key)
+        assert entry is not None and entry.state == "done"
