@@ -186,6 +186,19 @@ def test_due_timers_survive_an_outage_and_catch_up_in_deadline_order(
     assert len(the_loop.runtime.timers) == 0
 
 
+def test_no_redrive_while_the_api_is_paused(simulator: SimulatorHandle, loop: tuple[Loop, Collector]) -> None:
+    the_loop, _ = loop
+    conv = int(simulator.sim.new_conversation(channel="webchat")["id"])
+    runtime = the_loop.runtime
+    runtime.ledger.claim(f"chase:{conv}:x#0", {"kind": "message", "items": []}, rule_id="chase")
+    later = runtime.clock.now() + timedelta(seconds=runtime.ledger.redrive_after_s + 1)
+    simulator.clock.set(later)
+    the_loop.api_pause.pause(60, "test")
+    assert the_loop.redrive_once() == 0
+    simulator.clock.advance(61)
+    assert the_loop.redrive_once() == 1
+
+
 # --- Redis down ------------------------------------------------------------------------------
 
 ACK = """

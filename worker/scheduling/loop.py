@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from worker.api.models import Conversation
 from worker.api.services import CONVERSATIONS, MAX_BULK_IDS
+from worker.api_pause import SharedPause
 from worker.ledger import Ledger
 from worker.logs import get_logger
 from worker.metrics import (
@@ -92,6 +93,7 @@ class Loop:
         self.router = Router(runtime.redis, runtime.api.client, runtime.rulebook, runtime.clock)
         self.sla_pauses = SlaPauses(runtime.redis)
         self.quarantine = Quarantine(runtime.redis, runtime.clock)
+        self.api_pause = SharedPause(runtime.redis, runtime.clock)
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -137,6 +139,10 @@ class Loop:
     def redrive_once(self) -> int:
         """Re-enqueue claims that never completed (lost messages, dead schedulers)."""
         if self.dry_run:
+            return 0
+        if self.api_pause.wait_s() > 0:
+            # Every call would wait out the pause anyway; re-driving now only spends the
+            # firings' re-drive budget (max_redrives) on an outage.
             return 0
         sent = 0
         for key, payload in self.runtime.ledger.due_redrives(self.runtime.clock.now()):
