@@ -112,6 +112,7 @@ class Router:
         self._retry = timedelta(seconds=retry_s)
         self._cas = redis_client.register_script(_CAS)
         self._tick = _Tick()
+        self._preview_pointers: dict[str, int] = {}
         self._last_wake: dict[str, datetime] = {}
 
     @property
@@ -122,6 +123,7 @@ class Router:
     def begin_tick(self) -> None:
         """Forget cached loads and line checks: they are read again at most once per tick."""
         self._tick = _Tick()
+        self._preview_pointers = {}
 
     # --- choosing -------------------------------------------------------------------------
 
@@ -132,6 +134,26 @@ class Router:
             return self._tick.answers[key]
         choice = self._choose(pool_name, conversation, exclude)
         self._tick.answers[key] = choice
+        return choice
+
+    def preview(self, pool_name: str, conversation: Conversation, *, exclude: Collection[int] = ()) -> Choice:
+        """What `choose` would answer, moving no pointer and joining no line (`inboxpilot plan`)."""
+        ruleset = self._rulebook.ruleset
+        pool = ruleset.pools[pool_name]
+        loads = self._loads_for(pool)
+        pointer = self._preview_pointers.get(pool_name, self._read_pointer(pool) or 0)
+        choice = choose_agent(
+            pool,
+            ruleset.roster,
+            self._clock.now(),
+            loads,
+            pointer,
+            conversation=conversation,
+            exclude=exclude,
+        )
+        if choice.agent_id is not None:
+            self._preview_pointers[pool_name] = choice.new_pointer
+            self._tick.loads[choice.agent_id] = self._tick.loads.get(choice.agent_id, 0) + 1
         return choice
 
     def _choose(self, pool_name: str, conversation: Conversation, exclude: Collection[int]) -> Choice:
@@ -380,3 +402,13 @@ def _still_waiting(conversation: Conversation) -> bool:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+class PreviewResolver:
+    """The planner's resolver for dry runs: the router's answers, with no state written."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    def choose(self, pool_name: str, conversation: Conversation, *, exclude: Collection[int] = ()) -> Choice:
+        return self._router.preview(pool_name, conversation, exclude=exclude)

@@ -135,3 +135,34 @@ def test_dry_run_claims_nothing(simulator: SimulatorHandle, make_runtime: Runtim
     assert len(loop.poll_once().steps) == 1
     assert len(loop.poll_once().steps) == 1  # nothing claimed, nothing remembered
     assert runtime.ledger.pending_count() == 0
+
+
+POOL = """
+agents:
+  - {id: 301}
+  - {id: 302}
+pools:
+  desk: {members: [301, 302]}
+rules:
+  - id: route
+    when: {status: open, owner: unset}
+    then:
+      - assign: {pool: desk}
+"""
+
+
+def test_dry_run_previews_pool_choices_without_moving_the_pointer(
+    simulator: SimulatorHandle, make_runtime: RuntimeFactory
+) -> None:
+    runtime = make_runtime(POOL)
+    first, second = (simulator.sim.new_conversation(channel="sms")["id"] for _ in range(2))
+    preview = Loop(runtime, Collector(), dry_run=True).poll_once()
+    owners = {
+        i.conversation_id: s.bulk.as_fields()["owner_id"] for s in preview.steps if s.bulk for i in s.items
+    }
+    assert owners == {first: 301, second: 302}
+    again = Loop(runtime, Collector(), dry_run=True).poll_once()
+    assert {
+        i.conversation_id: s.bulk.as_fields()["owner_id"] for s in again.steps if s.bulk for i in s.items
+    } == owners
+    assert runtime.redis.keys("inboxpilot:routing:*") == []

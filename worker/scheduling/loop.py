@@ -29,7 +29,7 @@ from worker.metrics import (
     TIMER_LATENESS_S,
 )
 from worker.planning import PlanContext, PoolResolver, Step, item_key, plan
-from worker.routing_state import Router
+from worker.routing_state import PreviewResolver, Router
 from worker.rules.evaluator import Evaluation, Match, evaluate
 from worker.runtime import Runtime
 from worker.scheduling.poller import Poller
@@ -206,7 +206,7 @@ class Loop:
         self, pairs: list[tuple[int, Match]], conversations: Sequence[Conversation], report: TickReport
     ) -> None:
         self.router.begin_tick()
-        resolver: PoolResolver | None = None if self.dry_run else self.router
+        resolver: PoolResolver = PreviewResolver(self.router) if self.dry_run else self.router
         ctx = PlanContext({c.id: c for c in conversations}, resolver)
         for step in plan(pairs, ctx):
             claimed = step if self.dry_run else self._claim(step)
@@ -216,7 +216,7 @@ class Loop:
             report.dedupes += len(step.items) - len(claimed.items)
             report.steps.append(claimed)
             self.dispatcher.enqueue(claimed)
-        if resolver is not None:  # deferred assignments retry on a due-timer (worker/routing_state.py)
+        if not self.dry_run:  # deferred assignments retry on a due-timer (worker/routing_state.py)
             deferred = [(item.rule_id, item.conversation_id) for item, _ in ctx.deferred]
             self.router.end_tick(deferred, [e.conversation_id for e in report.evaluations])
         report.deferred.extend(f"{item.key}: {why}" for item, why in ctx.deferred)
