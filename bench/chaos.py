@@ -20,9 +20,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import Table, command_line, report
+from bench.common import RESULTS_PATH, Table, command_line, machine
 from tests.chaos.harness import ChaosConfig, ChaosReport, run_chaos
 
 
@@ -54,6 +55,7 @@ def tables(report_: ChaosReport, config: ChaosConfig, seconds: float) -> list[tu
     ledger = Table(["ledger failed (reason)", "count"])
     for reason, count in sorted(report_.ledger_failed.items()):
         ledger.add(reason, count)
+    ledger.add("read-backs that found the effect already applied", report_.read_back_found)
     ledger.add("dead letters left", report_.dead_letters)
     ledger.add("token in log lines", len(report_.token_leaks))
     return [("Verdict", verdict), ("Faults injected", faults), ("Ledger", ledger)]
@@ -71,6 +73,17 @@ def notes(config: ChaosConfig, report_: ChaosReport) -> list[str]:
         out.append(f"every expected firing applied and the queues idle after {report_.converged_s:.0f} s")
     out += report_.details[:20]
     return out
+
+
+def section(title: str, command: str, parts: Sequence[tuple[str, Table]], lines: Sequence[str]) -> str:
+    """A dated RESULTS.md section (as `bench.common.report`, with this run's own Redis named)."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    out = [f"## {title} — {stamp}", "", f"- machine: {machine()}", f"- command: `{command}`"]
+    out += ["- redis: its own `redis-server` on a free port (append-only file), crashed on purpose", ""]
+    for heading, table in parts:
+        out += [f"**{heading}**", "", table.markdown(), ""]
+    out += [f"- {line}" for line in lines]
+    return "\n".join(out).rstrip() + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,13 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(result.summary(), file=sys.stderr)
     print(f"logs: {workdir / 'logs'}", file=sys.stderr)
     title = "Chaos (exactly-once under faults)" + (" — quick" if args.quick else "")
-    report(
-        title,
-        command_line("bench.chaos", argv),
-        tables(result, config, seconds),
-        notes(config, result),
-        save=not args.no_save,
+    text = section(
+        title, command_line("bench.chaos", argv), tables(result, config, seconds), notes(config, result)
     )
+    print(text)
+    if not args.no_save:
+        with RESULTS_PATH.open("a", encoding="utf-8") as out:  # append only: others write here too
+            out.write("\n" + text)
     ok = result.duplicates == 0 and result.lost == 0 and result.unexpected == 0 and not result.token_leaks
     return 0 if ok else 1
 

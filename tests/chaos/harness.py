@@ -120,6 +120,7 @@ class ChaosReport:
     ledger_failed: Counter[str] = field(default_factory=Counter)
     dead_letters: int = 0
     token_leaks: list[str] = field(default_factory=list)
+    read_back_found: int = 0  # attempts that found their effect already applied and sent nothing
 
     def summary(self) -> str:
         faults = ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
@@ -129,6 +130,7 @@ class ChaosReport:
             f"expected firings={self.expected} applied={self.applied} duplicates={self.duplicates} "
             f"lost={self.lost} unexpected={self.unexpected} converged={converged}\n"
             f"faults injected: {faults}\n"
+            f"read-backs that found the effect already there: {self.read_back_found}\n"
             f"ledger failed: {failed}; dead letters: {self.dead_letters}; "
             f"token in logs: {len(self.token_leaks)}"
         )
@@ -559,7 +561,11 @@ class ChaosRun:
             self.report.details.append(f"still pending: {key} {entry}")
 
     def _scan_logs(self) -> None:
-        self.report.token_leaks = [line[:200] for line in self.cluster.log_lines() if TOKEN in line]
+        for line in self.cluster.log_lines():
+            if TOKEN in line:
+                self.report.token_leaks.append(line[:200])
+            if '"firing_executed"' in line and ('"reconciled": true' in line or '"already": true' in line):
+                self.report.read_back_found += 1
 
     # --- the driver: the customers
 
