@@ -38,10 +38,16 @@ def test_action_cost_is_one_bulk_call_per_50() -> None:
 @pytest.mark.slow
 def test_eval_throughput_counts_every_evaluation_and_holds_the_timers() -> None:
     results, held = eval_throughput.main(QUICK)
-    record_only, everything = results
+    record_only, record_only_reasons, everything, everything_reasons = results
     assert 0 < record_only.rules < everything.rules
     assert record_only.conversations == everything.conversations == 5_000
     assert everything.matches > 0 and everything.timers > 0
+    # Building reasons or not changes the cost, never the decisions.
+    assert (record_only.matches, everything.matches, everything.timers) == (
+        record_only_reasons.matches,
+        everything_reasons.matches,
+        everything_reasons.timers,
+    )
     embedded = [h for h in held if h.where.startswith("embedded")]
     assert [h.timers for h in embedded][1] == 3 * 5_000
     assert all(h.rss_mb > 0 for h in held)
