@@ -38,8 +38,8 @@ def test_action_cost_is_one_bulk_call_per_50() -> None:
 @pytest.mark.slow
 def test_eval_throughput_counts_every_evaluation_and_holds_the_timers() -> None:
     results, held = eval_throughput.main(QUICK)
-    record_only, record_only_reasons, everything, everything_reasons = results
-    assert 0 < record_only.rules < everything.rules
+    record_only, record_only_reasons, no_reads, everything, everything_reasons = results
+    assert record_only.rules == 10 and 0 < no_reads.rules < everything.rules
     assert record_only.conversations == everything.conversations == 5_000
     assert everything.matches > 0 and everything.timers > 0
     # Building reasons or not changes the cost, never the decisions.
