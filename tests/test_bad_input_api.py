@@ -311,3 +311,23 @@ def test_a_page_that_repeats_ends_the_tick(
     assert len(pages) <= 3, f"{len(pages)} pages fetched"
     assert events(logs, "page_repeated")
     assert collector.conversations() == set(ids[:50])
+
+
+def test_find_all_ends_on_a_repeating_page_even_when_total_lies(
+    simulator: SimulatorHandle, loop: tuple[Loop, Collector], transport: Corrupting, logs: io.StringIO
+) -> None:
+    """The actors' `id[$in]` reads page with `find_all`, which stops on `total`: a lying
+    `total` and a server that ignores $skip would otherwise page forever."""
+    the_loop, _ = loop
+    ids = conversations(simulator, 60)
+
+    def repeat_and_lie(req: httpx.Request, body: dict[str, Any]) -> bytes | None:
+        if not is_conversation_page(req):
+            return None
+        first = [simulator.sim.conversation(i) for i in ids[:50]]
+        return json.dumps({**body, "data": first, "total": 10**9, "skip": 0}, default=str).encode()
+
+    transport.rewrite = repeat_and_lie
+    found = list(the_loop.runtime.api.conversations.find({"id": {"$in": ids}}))
+    assert [c.id for c in found] == ids[:50]
+    assert events(logs, "page_repeated")

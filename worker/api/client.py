@@ -189,12 +189,19 @@ class ApiClient:
         skip = 0
         while True:
             page = self.find_page(path, {**base, "$sort": order, "$limit": page_size, "$skip": skip})
+            fresh = 0
             for record in page.data:
                 key = record.get(id_key)
                 if key is not None and key in seen:
                     continue
                 seen.add(key)
+                fresh += 1
                 yield record
+            if page.data and not fresh:
+                # Nothing new on a whole page: the server ignores $skip. With a `total`
+                # that lies as well, paging on would never end.
+                log.error("page_repeated", path=path, skip=skip, records=len(page.data))
+                return
             skip += len(page.data)
             if not page.data or skip >= page.total:
                 return
