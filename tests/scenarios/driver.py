@@ -52,6 +52,8 @@ class Played:
     agent: int | None = None
     previous_owner: int | None = None
     note: str = ""
+    zone: str = ""  # the contact's time zone (arrivals)
+    stage: int | None = None  # the stage a person moved it to ("stage")
 
 
 @dataclass
@@ -106,9 +108,12 @@ class Driver:
     def play(self, event: Event, result: RunResult) -> None:
         ids = result.conversation_ids
         if event.kind == "arrive":
-            record = self.sim.new_conversation(channel=event.channel, text="Hi, I need help")
+            contact = {"timezone": event.zone} if event.zone else {}
+            record = self.sim.new_conversation(channel=event.channel, text="Hi, I need help", contact=contact)
             ids[event.ref] = record["id"]
-            result.played.append(Played(event.at, "arrive", record["id"], True, event.channel))
+            result.played.append(
+                Played(event.at, "arrive", record["id"], True, event.channel, zone=event.zone)
+            )
             return
         conversation_id = ids.get(event.ref)
         if conversation_id is None:
@@ -125,11 +130,13 @@ class Driver:
                 self.sim.human_change(conversation_id, {"status": "closed"})
             elif event.kind == "reassign":
                 self.sim.reassign(conversation_id, event.agent)
+            elif event.kind == "stage":
+                self.sim.human_change(conversation_id, {"pipeline_stage_id": event.stage})
         except FeathersError as exc:  # the API refused it (a closed 24-hour window)
             accepted, note = False, type(exc).__name__
         result.played.append(
             Played(event.at, event.kind, conversation_id, accepted, current["channel"], event.agent,
-                   previous, note)
+                   previous, note, stage=event.stage)
         )  # fmt: skip
 
     # --- the worker ----------------------------------------------------------------------------

@@ -54,6 +54,15 @@ class Hours:
             return max(lo, t)
         raise ValueError(f"{self.name}: no open time within 30 days of {t}")
 
+    def between(self, a: datetime, b: datetime) -> timedelta:
+        """Open time in [a, b)."""
+        total = timedelta(0)
+        for lo, hi in self._spans_from(a, (b - a).days + 3):
+            if lo >= b:
+                break
+            total += max(timedelta(0), min(hi, b) - max(lo, a))
+        return total
+
     def add(self, t: datetime, seconds: float) -> datetime:
         """The instant when `seconds` of open time have passed since `t`."""
         left = timedelta(seconds=seconds)

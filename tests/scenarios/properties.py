@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from tests.scenarios.hours import Hours
-from tests.scenarios.timeline import Happening, History, State
+from tests.scenarios.timeline import Happening, History, Pause, State
 
 GUARD = timedelta(seconds=2)
 WINDOW = timedelta(hours=24)
@@ -34,6 +35,8 @@ class Spec:
     situation: Callable[[State], str]
     due: Callable[[State], datetime | None]
     customer_facing: bool = False
+    # The due time without pauses / quiet hours: counts how often they moved a deadline.
+    plain_due: Callable[[State], datetime | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Expected:
     due: datetime
     ambiguous: bool
     effect: str  # the message type that must reach the API ("note", "text", "template") or "none"
+    moved: bool = False  # a pause (SLA) or quiet hours (follow-up) moved the deadline
 
 
 @dataclass(frozen=True)
@@ -66,44 +70,96 @@ class Verdict:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+SLA_POLICY = "scn"  # rules/examples/scenario-sla.yaml: compiled rule ids sla-scn-<metric>-<percent>
+QUIET = (time(21), time(8))  # follow-ups' quiet hours, in the contact's zone else ORG_ZONE
+ORG_ZONE = "Europe/Berlin"
+
+
+def sla_due(cal: Hours, start: datetime, budget: timedelta, pauses: list[Pause]) -> datetime | None:
+    """When `budget` of open time since `start` is used up, paused time excluded; None while paused."""
+    t, left = start, budget
+    for p_start, p_end in sorted(pauses, key=lambda p: p[0]):
+        if p_end is not None and p_end <= t:
+            continue
+        run = cal.between(t, max(p_start, t))
+        if run >= left:
+            return cal.add(t, left.total_seconds())
+        left -= run
+        if p_end is None:
+            return None
+        t = p_end
+    return cal.add(t, left.total_seconds())
+
+
+def quiet(t: datetime, zone: str) -> bool:
+    local = t.astimezone(ZoneInfo(zone or ORG_ZONE)).time()
+    return local >= QUIET[0] or local < QUIET[1]
+
+
+def after_quiet(t: datetime, zone: str) -> datetime:
+    """`t`, or the end of the quiet hours it falls in."""
+    if not quiet(t, zone):
+        return t
+    tz = ZoneInfo(zone or ORG_ZONE)
+    local = t.astimezone(tz)
+    day = local.date() if local.time() < QUIET[1] else local.date() + timedelta(days=1)
+    return datetime.combine(day, QUIET[1], tz).astimezone(t.tzinfo)
+
+
 def specs(h: dict[str, Hours]) -> list[Spec]:
-    support, day = h["scn-support"], h["scn-daytime"]
+    support = h["scn-support"]
 
     def unanswered(s: State) -> bool:
         return s.status == "open" and s.last_out is None
 
     def waiting(s: State) -> bool:
-        return (
-            s.status == "open" and s.last_out is not None and s.last_in is not None and s.last_in > s.last_out
-        )
+        return s.status == "open" and s.last_out is not None and s.cycle_start is not None
 
-    def silent(s: State) -> bool:
-        return (
-            s.status == "open" and s.last_out is not None and (s.last_in is None or s.last_in <= s.last_out)
-        )
+    def sla(metric: str, minutes: float, paused: bool = True) -> Callable[[State], datetime | None]:
+        budget = timedelta(minutes=minutes)
 
-    def inbound(s: State) -> str:
-        return f"in:{s.last_in}"
-
-    def after_silence(hours: float, cal: Hours | None) -> Callable[[State], datetime | None]:
         def due(s: State) -> datetime | None:
-            if not silent(s) or s.last_out is None:
-                return None
-            t = s.last_out + timedelta(hours=hours)
-            return cal.next_open(t) if cal else t
+            if metric == "first":
+                start = s.created if unanswered(s) else None
+            else:
+                start = s.cycle_start if waiting(s) else None
+            return None if start is None else sla_due(support, start, budget, s.pauses if paused else [])
 
         return due
 
+    def anchored(s: State) -> str:
+        return f"a:{s.anchor}"
+
+    def cycle(s: State) -> str:
+        return f"cy:{s.cycle_start}"
+
+    def after_reply(
+        lo: float, hi: float | None, wait_quiet: bool = True
+    ) -> Callable[[State], datetime | None]:
+        def due(s: State) -> datetime | None:
+            if s.status != "open" or s.anchor is None:
+                return None
+            t = s.anchor + timedelta(hours=lo)
+            t = after_quiet(t, s.zone) if wait_quiet else t
+            return t if hi is None or t < s.anchor + timedelta(hours=hi) else None
+
+        return due
+
+    rule = f"sla-{SLA_POLICY}"
     return [
-        Spec("scn-sla-first-warning", "[scn-sla-warning]", "sla", lambda s: "c",
-             lambda s: support.add(s.created, 48 * 60) if unanswered(s) else None),
-        Spec("scn-sla-first-breach", "[scn-sla-breach]", "sla", lambda s: "c",
-             lambda s: support.add(s.created, 3600) if unanswered(s) else None),
-        Spec("scn-sla-next-breach", "[scn-sla-next-breach]", "sla", inbound,
-             lambda s: support.add(s.last_in, 7200) if waiting(s) and s.last_in else None),
-        Spec("scn-nudge-1", "[scn-nudge-1]", "followup", inbound, after_silence(4, day), True),
-        Spec("scn-nudge-2", "[scn-nudge-2]", "followup", inbound, after_silence(24, day), True),
-        Spec("scn-close", "[scn-close]", "followup", inbound, after_silence(72, None)),
+        Spec(f"{rule}-first-response-80", "[scn-sla-warning]", "sla", lambda s: "c", sla("first", 48),
+             plain_due=sla("first", 48, paused=False)),
+        Spec(f"{rule}-first-response-100", "[scn-sla-breach]", "sla", lambda s: "c", sla("first", 60),
+             plain_due=sla("first", 60, paused=False)),
+        Spec(f"{rule}-next-response-80", "[scn-sla-next-warning]", "sla", cycle, sla("next", 96),
+             plain_due=sla("next", 96, paused=False)),
+        Spec(f"{rule}-next-response-100", "[scn-sla-next-breach]", "sla", cycle, sla("next", 120),
+             plain_due=sla("next", 120, paused=False)),
+        Spec("scn-nudge-1", "[scn-nudge-1]", "followup", anchored, after_reply(4, 24), True,
+             plain_due=after_reply(4, 24, wait_quiet=False)),
+        Spec("scn-nudge-2", "[scn-nudge-2]", "followup", anchored, after_reply(24, 72), True,
+             plain_due=after_reply(24, 72, wait_quiet=False)),
+        Spec("scn-close", "[scn-close]", "followup", anchored, after_reply(72, None, wait_quiet=False)),
     ]  # fmt: skip
 
 
@@ -143,7 +199,8 @@ def _walk(
                     continue
                 race = (h is None or h.human) and horizon - due < GUARD
                 fired.add(key)
-                out.append(Expected(spec.rule, cid, key[1], due, race, effect(spec, state, due)))
+                moved = spec.plain_due is not None and spec.plain_due(state) != due
+                out.append(Expected(spec.rule, cid, key[1], due, race, effect(spec, state, due), moved))
                 pending = True
         if h is not None:
             state.apply(h)
@@ -173,6 +230,9 @@ def check_firings(expected: list[Expected], actual: list[Actual], rules: list[Sp
         v.counts[e.rule] = v.counts.get(e.rule, 0) + (0 if e.ambiguous else 1)
         v.ambiguous += e.ambiguous
         v.expected += not e.ambiguous
+        if e.moved:
+            moved = "moved by a pause" if v.job == "sla" else "waited out quiet hours"
+            v.counts[moved] = v.counts.get(moved, 0) + 1
         match = next(
             (
                 a
@@ -209,30 +269,49 @@ def check_firings(expected: list[Expected], actual: list[Actual], rules: list[Sp
 
 
 def check_quiet_and_window(history: History, rules: list[Spec], hours: dict[str, Hours], v: Verdict) -> None:
-    """Direct checks on every customer-facing bot send, independent of the expectations."""
-    day = hours["scn-daytime"]
+    """Direct checks on every follow-up the bot sent, independent of the expectations: never in
+    quiet hours, never a plain message outside the 24-hour window, never twice for one team
+    reply, never after the customer replied, never a close for a conversation not answered."""
     markers = tuple(s.marker for s in rules if s.customer_facing)
+    sequence = tuple(s.marker for s in rules if s.job == "followup")
     for cid, events in history.by_conversation.items():
         if cid not in history.created:
             continue
         state = history.initial(cid)
+        sent: set[tuple[str, datetime | None]] = set()
         for h in events:
-            if not h.human and h.kind == "send" and h.text.startswith(markers):
-                if not day.is_open(h.at):
-                    v.violations.append(f"c{cid}: follow-up in quiet hours at {h.at:%a %H:%M:%S}")
-                if (
-                    h.value == "text"
-                    and state.channel in WINDOWED
-                    and (state.last_in is None or h.at - state.last_in > WINDOW)
-                ):
-                    v.violations.append(f"c{cid}: plain follow-up outside the 24-hour window")
-                if (
-                    state.last_in is not None
-                    and state.last_out is not None
-                    and state.last_in > state.last_out
-                ):
-                    v.violations.append(f"c{cid}: follow-up after the customer replied")
+            if not h.human and h.kind == "send" and h.text.startswith(sequence):
+                _check_step(cid, h, state, h.text.startswith(markers), sent, v)
+            if not h.human and h.kind == "status" and h.value == "closed" and state.anchor is None:
+                v.violations.append(
+                    f"c{cid}: closed by the bot at {h.at:%a %H:%M:%S}, the customer's message not answered"
+                )
             state.apply(h)
+
+
+def _check_step(
+    cid: int, h: Happening, state: State, facing: bool, sent: set[tuple[str, datetime | None]], v: Verdict
+) -> None:
+    marker = h.text.split("]", 1)[0] + "]"
+    if (marker, state.anchor) in sent:
+        v.violations.append(f"c{cid}: {marker} twice for the team reply of {state.anchor}")
+    sent.add((marker, state.anchor))
+    if state.anchor is None:
+        v.violations.append(f"c{cid}: {marker} at {h.at:%a %H:%M:%S} without a team reply to follow up")
+    if state.last_in is not None and state.last_out is not None and state.last_in > state.last_out:
+        v.violations.append(f"c{cid}: follow-up after the customer replied")
+    if not facing:
+        return
+    if quiet(h.at, state.zone):
+        v.violations.append(
+            f"c{cid}: follow-up in quiet hours at {h.at:%a %H:%M:%S} ({state.zone or ORG_ZONE})"
+        )
+    if (
+        h.value == "text"
+        and state.channel in WINDOWED
+        and (state.last_in is None or h.at - state.last_in > WINDOW)
+    ):
+        v.violations.append(f"c{cid}: plain follow-up outside the 24-hour window")
 
 
 def check_night(history: History, hours: dict[str, Hours], v: Verdict) -> None:

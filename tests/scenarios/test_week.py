@@ -8,15 +8,24 @@ The other tests tamper with a real run's history to show each check can fail.
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
+from datetime import UTC, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from tests.scenarios.conftest import option
 from tests.scenarios.hours import load_hours
-from tests.scenarios.properties import actual_firings, check_firings, expected_firings, specs
+from tests.scenarios.properties import (
+    ORG_ZONE,
+    Verdict,
+    actual_firings,
+    check_firings,
+    check_quiet_and_window,
+    expected_firings,
+    specs,
+)
 from tests.scenarios.routing_checks import check_routing, load_roster
-from tests.scenarios.timeline import History, build_history
+from tests.scenarios.timeline import BULK, History, build_history
 from tests.scenarios.traffic import TrafficConfig
 from tests.scenarios.week import ROSTER, START, Outcome, run_week, summary
 from worker.simulator.audit import AuditEntry
@@ -38,8 +47,10 @@ def test_a_week_of_traffic_keeps_every_property(
     assert outcome.violations == []
     # The week must exercise every job, or a silent worker would pass.
     sla, followup, routing = (outcome.verdicts[j] for j in ("sla", "followup", "routing"))
-    assert sla.counts["scn-sla-first-breach"] > 0 and sla.counts["scn-sla-next-breach"] > 0
+    assert sla.counts["sla-scn-first-response-100"] > 0 and sla.counts["sla-scn-next-response-100"] > 0
     assert followup.counts["scn-nudge-1"] > 0 and followup.counts["scn-close"] > 0
+    # Pauses moved some SLA deadlines and quiet hours held back some nudges.
+    assert sla.counts["moved by a pause"] > 0 and followup.counts["waited out quiet hours"] > 0
     assert routing.expected > 0 and outcome.run.execution_errors == []
 
 
@@ -83,7 +94,7 @@ def test_the_checks_catch_a_missed_late_duplicated_or_early_firing(
     twice = [*audit, dataclasses.replace(nudge, seq=10**6, time=nudge.time + timedelta(hours=1))]
     assert any("unexpected" in v for v in _firings(outcome, twice))
     early = [dataclasses.replace(e, time=e.time - timedelta(seconds=5)) if e is breach else e for e in audit]
-    assert any("scn-sla-first-breach" in v for v in _firings(outcome, early))
+    assert any("sla-scn-first-response-100" in v for v in _firings(outcome, early))
 
 
 def _firings(outcome: Outcome, audit: list[AuditEntry]) -> list[str]:
@@ -100,3 +111,50 @@ def test_the_routing_checks_catch_a_wrong_agent(short_run: tuple[Outcome, list[A
     swapped = [dataclasses.replace(e, body={**e.body, "owner_id": other}) if e is first else e for e in audit]
     history: History = build_history(outcome.run.played, swapped)
     assert any("round robin" in v for v in check_routing(history, roster, hours).violations)
+
+
+def _direct_followup_violations(outcome: Outcome, audit: list[AuditEntry]) -> list[str]:
+    hours = load_hours(ROSTER)
+    history = build_history(outcome.run.played, sorted(audit, key=lambda e: e.time))
+    verdict = Verdict("followup")
+    check_quiet_and_window(history, specs(hours), hours, verdict)
+    return verdict.violations
+
+
+@pytest.mark.slow
+def test_the_checks_catch_an_sla_clock_that_ignores_pauses(
+    short_run: tuple[Outcome, list[AuditEntry]],
+) -> None:
+    """Judged as if nobody had parked a conversation, the worker's pause-shifted firings are off."""
+    outcome, audit = short_run
+    unparked = dataclasses.replace(outcome.run, played=[p for p in outcome.run.played if p.kind != "stage"])
+    assert any(
+        v.startswith("sla-scn-")
+        for v in _firing_violations(dataclasses.replace(outcome, run=unparked), audit)
+    )
+
+
+@pytest.mark.slow
+def test_the_checks_catch_a_nudge_at_night_twice_or_a_close_never_answered(
+    short_run: tuple[Outcome, list[AuditEntry]],
+) -> None:
+    outcome, audit = short_run
+    assert _direct_followup_violations(outcome, audit) == []
+    zones = {p.conversation_id: p.zone for p in outcome.run.played if p.kind == "arrive"}
+    nudge = _sends(audit, "[scn-nudge-1]")[0]
+    zone = ZoneInfo(zones[nudge.body["conversation_id"]] or ORG_ZONE)
+    night = nudge.time.astimezone(zone).replace(hour=23, minute=30).astimezone(UTC)
+    at_night = [dataclasses.replace(e, time=night) if e is nudge else e for e in audit]
+    assert any("quiet hours" in v for v in _direct_followup_violations(outcome, at_night))
+    twice = [*audit, dataclasses.replace(nudge, seq=10**6, time=nudge.time + timedelta(minutes=1))]
+    assert any("twice" in v for v in _direct_followup_violations(outcome, twice))
+    # A close one second after a customer message, before anyone answered it.
+    asked = next(p for p in outcome.run.played if p.kind == "customer" and p.accepted)
+    bulk = next(e for e in audit if e.applied and e.path == BULK)
+    bogus = dataclasses.replace(
+        bulk,
+        seq=10**6 + 1,
+        time=asked.at + timedelta(seconds=1),
+        body={"action": "update_status", "status": "closed", "conversation_ids": [asked.conversation_id]},
+    )
+    assert any("not answered" in v for v in _direct_followup_violations(outcome, [*audit, bogus]))

@@ -15,6 +15,11 @@ BULK = "/conversations-bulk-actions"
 SENDS = ("/conversation-messages-transform-outgoing-", "/conversation-messages-sms")
 
 
+START_STAGE = 11  # where the simulator puts a new conversation of pipeline 1
+PAUSE_STAGE = 13  # "waiting on customer": the scenario SLA policy's pause stage
+Pause = tuple[datetime, datetime | None]  # in the waiting stage: from, until (None: still)
+
+
 @dataclass(frozen=True)
 class Happening:
     """One change to one conversation: by a person (`human`) or by the bot."""
@@ -22,7 +27,7 @@ class Happening:
     at: datetime
     seq: int
     human: bool
-    kind: str  # arrive customer agent_reply close reassign | send note assign unassign ai unai status move
+    kind: str  # arrive customer agent_reply close reassign stage | send assign unassign ai unai status move
     conversation_id: int
     value: Any = None  # owner id, status, message type...
     text: str = ""
@@ -40,26 +45,47 @@ class State:
     last_in: datetime | None = None
     last_out: datetime | None = None
     human_owner: bool = False  # the current owner was set by a person
+    zone: str = ""  # the contact's time zone ("" = none)
+    stage: int | None = START_STAGE
+    pauses: list[Pause] = field(default_factory=list)  # in PAUSE_STAGE
+    cycle_start: datetime | None = None  # the first customer message since the last reply
+    person_reply: datetime | None = None  # latest reply by a person since the customer's last message
+    first_reply: datetime | None = None  # first reply (anyone's) since the customer's last message
 
     def apply(self, h: Happening) -> None:
         APPLY[h.kind](self, h)
 
+    @property
+    def anchor(self) -> datetime | None:
+        """The team reply a follow-up sequence counts from (a person's latest, else the first)."""
+        return self.person_reply or self.first_reply
 
-def _arrive(s: State, h: Happening) -> None:
-    s.last_in = h.at
 
-
-def _customer(s: State, h: Happening) -> None:
+def _inbound(s: State, h: Happening) -> None:
     s.last_in, s.status = h.at, "open"
+    s.cycle_start = s.cycle_start or h.at
+    s.person_reply = s.first_reply = None
 
 
-def _reply(s: State, h: Happening) -> None:
-    s.last_out = h.at
+def _outbound(s: State, h: Happening, person: bool) -> None:
+    s.last_out, s.cycle_start = h.at, None
+    s.first_reply = s.first_reply or h.at
+    if person:
+        s.person_reply = h.at
 
 
 def _send(s: State, h: Happening) -> None:
     if h.value != "note":
-        s.last_out = h.at
+        _outbound(s, h, person=False)
+
+
+def _stage(s: State, h: Happening) -> None:
+    paused = bool(s.pauses) and s.pauses[-1][1] is None
+    s.stage = h.value
+    if h.value == PAUSE_STAGE and not paused:
+        s.pauses.append((h.at, None))
+    elif h.value != PAUSE_STAGE and paused:
+        s.pauses[-1] = (s.pauses[-1][0], h.at)
 
 
 def _owner(s: State, h: Happening) -> None:
@@ -67,9 +93,9 @@ def _owner(s: State, h: Happening) -> None:
 
 
 APPLY = {
-    "arrive": _arrive,
-    "customer": _customer,
-    "agent_reply": _reply,
+    "arrive": _inbound,
+    "customer": _inbound,
+    "agent_reply": lambda s, h: _outbound(s, h, person=True),
     "send": _send,
     "close": lambda s, h: setattr(s, "status", "closed"),
     "status": lambda s, h: setattr(s, "status", h.value),
@@ -78,7 +104,8 @@ APPLY = {
     "unassign": lambda s, h: _owner(s, replace(h, value=None)),
     "ai": lambda s, h: setattr(s, "ai", h.value),
     "unai": lambda s, h: setattr(s, "ai", None),
-    "move": lambda s, h: None,
+    "move": _stage,
+    "stage": _stage,
 }
 BULK_KINDS = {
     "assign": ("assign", "owner_id"),
@@ -94,11 +121,16 @@ BULK_KINDS = {
 class History:
     channels: dict[int, str] = field(default_factory=dict)
     created: dict[int, datetime] = field(default_factory=dict)
+    zones: dict[int, str] = field(default_factory=dict)
     by_conversation: dict[int, list[Happening]] = field(default_factory=lambda: defaultdict(list))
     everything: list[Happening] = field(default_factory=list)
 
     def initial(self, conversation_id: int) -> State:
-        return State(self.channels[conversation_id], self.created[conversation_id])
+        return State(
+            self.channels[conversation_id],
+            self.created[conversation_id],
+            zone=self.zones.get(conversation_id, ""),
+        )
 
 
 def build_history(played: list[Played], audit: list[AuditEntry]) -> History:
@@ -110,7 +142,9 @@ def build_history(played: list[Played], audit: list[AuditEntry]) -> History:
         if p.kind == "arrive":
             history.channels[p.conversation_id] = p.channel
             history.created[p.conversation_id] = p.at
-        history.everything.append(Happening(p.at, seq, True, p.kind, p.conversation_id, p.agent))
+            history.zones[p.conversation_id] = p.zone
+        value = p.stage if p.kind == "stage" else p.agent
+        history.everything.append(Happening(p.at, seq, True, p.kind, p.conversation_id, value))
         seq += 1
     for entry in audit:
         if not entry.applied or entry.method != "POST":

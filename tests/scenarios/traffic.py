@@ -18,6 +18,9 @@ from datetime import datetime, timedelta
 from tests.scenarios.hours import Hours
 
 CHANNELS = (("whatsapp", 0.4), ("webchat", 0.3), ("instagram", 0.15), ("sms", 0.15))
+# Contacts' time zones ("" = none given: quiet hours fall back to the org's, Berlin).
+ZONES = (("", 0.7), ("America/New_York", 0.15), ("Asia/Tokyo", 0.1), ("Europe/London", 0.05))
+WAITING, WORKING = 13, 12  # pipeline 1: "waiting on customer" (pauses the SLA clock), "in progress"
 # Relative arrival intensity by local hour (support is busiest mid-morning and mid-afternoon).
 HOURLY = (0.15, 0.1, 0.1, 0.1, 0.1, 0.2, 0.4, 0.8, 1.3, 1.8, 2.0, 1.8, 1.3, 1.5, 1.8, 1.7, 1.5, 1.2,
           0.9, 0.8, 0.7, 0.5, 0.35, 0.2)  # fmt: skip
@@ -34,6 +37,7 @@ class TrafficConfig:
     reply_mean_s: float = 30 * 60  # agents' business-time answer delay (exponential)
     never_answered: float = 0.06
     reassigned: float = 0.08
+    parked: float = 0.12  # share of rounds where a person parks it in the waiting stage for a while
 
     @property
     def end(self) -> datetime:
@@ -46,10 +50,12 @@ class Event:
 
     at: datetime
     seq: int
-    kind: str = field(compare=False)  # arrive | customer | agent_reply | reassign | close
+    kind: str = field(compare=False)  # arrive | customer | agent_reply | reassign | close | stage
     ref: int = field(compare=False)
     channel: str = field(default="", compare=False)
     agent: int | None = field(default=None, compare=False)
+    zone: str = field(default="", compare=False)  # the contact's time zone (arrive)
+    stage: int | None = field(default=None, compare=False)  # stage
 
 
 class _Script:
@@ -69,7 +75,8 @@ class _Script:
     def conversation(self, ref: int, t0: datetime) -> None:
         rng = self.rng
         channel = rng.choices([c for c, _ in CHANNELS], [w for _, w in CHANNELS])[0]
-        self.add(t0, "arrive", ref, channel=channel)
+        zone = rng.choices([z for z, _ in ZONES], [w for _, w in ZONES])[0]
+        self.add(t0, "arrive", ref, channel=channel, zone=zone)
         if rng.random() < self.config.reassigned:
             when = t0 + timedelta(minutes=rng.uniform(10, 360))
             self.add(when, "reassign", ref, agent=rng.choice(self.config.agents))
@@ -78,6 +85,8 @@ class _Script:
             if rng.random() < 0.15:  # a second message before anyone answers
                 t_in += self.minutes(3)
                 self.add(t_in, "customer", ref)
+            if rng.random() < self.config.parked:  # waiting on the customer, then back to work
+                self.park(ref, t_in + self.minutes(20), rng.uniform(0.5, 8))
             if rng.random() < self.config.never_answered:
                 return
             delay = rng.expovariate(1 / self.config.reply_mean_s)
@@ -86,6 +95,9 @@ class _Script:
             fate = rng.random()
             if fate < 0.45:
                 t_in = t_out + self.minutes(40)
+                if rng.random() < self.config.parked * 2:  # asked for details: the answer comes in parked
+                    self.add(t_out + timedelta(minutes=1), "stage", ref, stage=WAITING)
+                    self.add(t_in + self.minutes(90), "stage", ref, stage=WORKING)
                 self.add(t_in, "customer", ref)
                 continue
             if fate < 0.65:
@@ -98,6 +110,10 @@ class _Script:
                 self.add(t_in, "customer", ref)
                 continue
             return
+
+    def park(self, ref: int, at: datetime, hours: float) -> None:
+        self.add(at, "stage", ref, stage=WAITING)
+        self.add(at + timedelta(hours=hours), "stage", ref, stage=WORKING)
 
 
 def _intensity(t: datetime, zone: Hours) -> float:
