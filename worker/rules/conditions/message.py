@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from worker.rules.conditions.base import CONDITIONS, Condition, as_list, listing
+from worker.rules.conditions.base import CONDITIONS, Condition, as_list, listing, regex_compiles
 from worker.rules.context import EvalContext
 
 
@@ -25,15 +25,7 @@ class MessageTextCondition(Condition):
 
     _as_list = field_validator("keywords", mode="before")(as_list)
 
-    @field_validator("regex")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"regex does not compile: {exc}") from None
-        return value
+    _regex_ok = field_validator("regex")(regex_compiles)
 
     @model_validator(mode="after")
     def _some(self) -> MessageTextCondition:

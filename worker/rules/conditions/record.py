@@ -9,84 +9,66 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from worker.api.models import Channel
-from worker.rules.conditions.base import CONDITIONS, Condition, as_list, listing
+from worker.rules.conditions.base import CONDITIONS, Condition, as_list, listing, regex_compiles
 from worker.rules.context import EvalContext
 
 
+class _OneOfCondition(Condition):
+    """A record field whose value is one of a list (`field_name`, said as `noun` in labels)."""
+
+    field_name: ClassVar[str] = ""
+    noun: ClassVar[str] = ""
+    shorthand = "in"
+    in_: list[str]
+    _set: frozenset[str] = PrivateAttr(default=frozenset())
+
+    _as_list = field_validator("in_", mode="before")(as_list)
+
+    def model_post_init(self, _: Any) -> None:
+        self._set = frozenset(self.in_)
+
+    def label(self) -> str:
+        return f"{self.noun} {listing(self.in_)}"
+
+    def seen(self, ctx: EvalContext) -> object:
+        return getattr(ctx.conv, self.field_name)
+
+    def test(self, ctx: EvalContext) -> bool:
+        return getattr(ctx.conv, self.field_name) in self._set
+
+    def compile(self) -> Callable[[EvalContext], bool]:
+        allowed, name = frozenset(self.in_), self.field_name
+        return lambda ctx: getattr(ctx.conv, name) in allowed
+
+
 @CONDITIONS.register("channel")
-class ChannelCondition(Condition):
+class ChannelCondition(_OneOfCondition):
     """The conversation's channel is one of a list."""
 
     key = "channel"
-    shorthand = "in"
-    in_: list[Channel] = Field(alias="in", min_length=1, description="Channels that match")
-    _set: frozenset[str] = PrivateAttr(default=frozenset())
-
-    _as_list = field_validator("in_", mode="before")(as_list)
-
-    def model_post_init(self, _: Any) -> None:
-        self._set = frozenset(self.in_)
-
-    def label(self) -> str:
-        return f"channel is {listing(self.in_)}"
-
-    def seen(self, ctx: EvalContext) -> object:
-        return ctx.conv.channel
-
-    def test(self, ctx: EvalContext) -> bool:
-        return ctx.conv.channel in self._set
-
-    def compile(self) -> Callable[[EvalContext], bool]:
-        allowed = frozenset(self.in_)
-        return lambda ctx: ctx.conv.channel in allowed
+    field_name = "channel"
+    noun = "channel is"
+    in_: list[Channel] = Field(alias="in", min_length=1, description="Channels that match")  # type: ignore[assignment]
 
 
 @CONDITIONS.register("status")
-class StatusCondition(Condition):
+class StatusCondition(_OneOfCondition):
     """The conversation's status."""
 
     key = "status"
-    shorthand = "in"
-    in_: list[Literal["open", "closed"]] = Field(alias="in", min_length=1)
-    _set: frozenset[str] = PrivateAttr(default=frozenset())
-
-    _as_list = field_validator("in_", mode="before")(as_list)
-
-    def model_post_init(self, _: Any) -> None:
-        self._set = frozenset(self.in_)
-
-    def label(self) -> str:
-        return f"status is {listing(self.in_)}"
-
-    def seen(self, ctx: EvalContext) -> object:
-        return ctx.conv.status
-
-    def test(self, ctx: EvalContext) -> bool:
-        return ctx.conv.status in self._set
-
-    def compile(self) -> Callable[[EvalContext], bool]:
-        allowed = frozenset(self.in_)
-        return lambda ctx: ctx.conv.status in allowed
+    field_name = "status"
+    noun = "status is"
+    in_: list[Literal["open", "closed"]] = Field(alias="in", min_length=1)  # type: ignore[assignment]
 
 
 @CONDITIONS.register("initiated_by")
-class InitiatedByCondition(Condition):
+class InitiatedByCondition(_OneOfCondition):
     """Who started the conversation (a simulator extension; unknown never matches)."""
 
     key = "initiated_by"
-    shorthand = "in"
-    in_: list[Literal["customer", "team"]] = Field(alias="in", min_length=1)
-
-    _as_list = field_validator("in_", mode="before")(as_list)
-
-    def label(self) -> str:
-        return f"started by the {listing(self.in_)}"
-
-    def seen(self, ctx: EvalContext) -> object:
-        return ctx.conv.initiated_by
-
-    def test(self, ctx: EvalContext) -> bool:
-        return ctx.conv.initiated_by in self.in_
+    field_name = "initiated_by"
+    noun = "started by the"
+    in_: list[Literal["customer", "team"]] = Field(alias="in", min_length=1)  # type: ignore[assignment]
 
 
 class _IdCondition(Condition):
@@ -257,15 +239,7 @@ class ContactCondition(Condition):
     set: bool | None = None
     _pattern: re.Pattern[str] | None = PrivateAttr(default=None)
 
-    @field_validator("regex")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"regex does not compile: {exc}") from None
-        return value
+    _regex_ok = field_validator("regex")(regex_compiles)
 
     @model_validator(mode="after")
     def _one(self) -> ContactCondition:
