@@ -20,7 +20,6 @@ import redis
 
 from tests.e2e._exec_helpers import flush_redis
 from worker.api.errors import MalformedResponse
-from worker.config import load_settings
 from worker.logs import configure_logging
 from worker.planning import Step
 from worker.rulebook import Rulebook
@@ -96,14 +95,7 @@ def loop(
     simulator: SimulatorHandle, redis_url: str, transport: Corrupting
 ) -> Iterator[tuple[Loop, Collector]]:
     flush_redis(redis_url)
-    settings = load_settings(
-        api_url=simulator.url,
-        api_token=simulator.token,
-        redis_url=redis_url,
-        rate_limit_per_s=10_000,
-        rate_burst=10_000,
-        read_retries=0,
-    )
+    settings = simulator.worker_settings(redis_url, read_retries=0)
     ruleset = load_texts([("t.yaml", RULES)], strict=True).ruleset
     runtime = Runtime.build(
         settings, clock=simulator.clock, transport=transport, rulebook=Rulebook.of(ruleset)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from worker.actors import QUEUE
 from worker.app import App
-from worker.config import load_settings
 from worker.scheduling.leader import LeaderLease
 from worker.scheduling.loop import Loop, TickReport
 from worker.simulator.testing import SimulatorHandle
@@ -34,15 +33,8 @@ def app_on(
     """`App.build` on the simulator and its clock; closed (broker included) at the end."""
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(rules)
-    options: dict[str, object] = {
-        "api_url": simulator.url,
-        "api_token": simulator.token,
-        "rules_path": rules_file,
-        "rate_limit_per_s": 10_000,
-        "rate_burst": 10_000,
-        **settings,
-    }
-    built = App.build(load_settings(**options), clock=simulator.clock)
+    options = simulator.worker_settings(rules_path=rules_file, **settings)
+    built = App.build(options, clock=simulator.clock)
     try:
         yield built
     finally:

@@ -10,7 +10,6 @@ import fakeredis
 import redis
 
 from worker.clock import Clock
-from worker.config import load_settings
 from worker.planning import PlanContext, Step, plan
 from worker.redis_conn import embedded_server
 from worker.rulebook import Rulebook
@@ -35,13 +34,7 @@ def runtime_on(
 ) -> Iterator[Runtime]:
     """A runtime built like production (Runtime.build) on the simulator and its clock."""
     ruleset = load_texts([("t.yaml", rules)], strict=True).ruleset
-    settings = load_settings(
-        api_url=simulator.url,
-        api_token=simulator.token,
-        redis_url=redis_url,
-        rate_limit_per_s=10_000,
-        rate_burst=10_000,
-    )
+    settings = simulator.worker_settings(redis_url)
     runtime = Runtime.build(settings, clock=clock or simulator.clock, rulebook=Rulebook.of(ruleset))
     try:
         yield runtime

@@ -10,7 +10,6 @@ import fakeredis
 import httpx
 import pytest
 
-from worker.config import load_settings
 from worker.planning import Step
 from worker.redis_conn import embedded_server
 from worker.runtime import Runtime
@@ -55,16 +54,8 @@ def make_runtime(simulator: SimulatorHandle, redis_url: str, tmp_path: Path) -> 
     def make(rules: str, *, transport: httpx.BaseTransport | None = None, **settings: object) -> Runtime:
         rules_file = tmp_path / "rules.yaml"
         rules_file.write_text(rules)
-        options: dict[str, object] = {
-            "api_url": simulator.url,
-            "api_token": simulator.token,
-            "redis_url": redis_url,
-            "rules_path": rules_file,
-            "rate_limit_per_s": 10_000,
-            "rate_burst": 10_000,
-            **settings,
-        }
-        runtime = Runtime.build(load_settings(**options), clock=simulator.clock, transport=transport)
+        options = simulator.worker_settings(redis_url, rules_path=rules_file, **settings)
+        runtime = Runtime.build(options, clock=simulator.clock, transport=transport)
         built.append(runtime)
         return runtime
 

@@ -14,7 +14,6 @@ from tests.e2e._exec_helpers import applied_posts, flush_redis, posts
 from worker.actors import QUEUE
 from worker.api.services import BULK_ACTIONS, SEND_PATHS
 from worker.app import App
-from worker.config import load_settings
 from worker.scheduling.leader import LeaderLease
 from worker.scheduling.loop import Loop
 from worker.simulator.testing import SimulatorHandle
@@ -74,16 +73,8 @@ def start(simulator: SimulatorHandle, redis_url: str, tmp_path: Path) -> Iterato
         def build(rules: str, **settings: object) -> Running:
             rules_file = tmp_path / "rules.yaml"
             rules_file.write_text(rules)
-            options: dict[str, object] = {
-                "api_url": simulator.url,
-                "api_token": simulator.token,
-                "redis_url": redis_url,
-                "rules_path": rules_file,
-                "rate_limit_per_s": 10_000,
-                "rate_burst": 10_000,
-                **settings,
-            }
-            app = App.build(load_settings(**options), clock=simulator.clock)
+            options = simulator.worker_settings(redis_url, rules_path=rules_file, **settings)
+            app = App.build(options, clock=simulator.clock)
             stack.callback(app.close)
             worker = app.worker(2)
             worker.start()

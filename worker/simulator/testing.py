@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from worker.clock import FakeClock
+from worker.config import Settings, load_settings
 from worker.simulator.server import serve
 from worker.simulator.simulator import Simulator
 
@@ -26,6 +28,18 @@ class SimulatorHandle:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
+
+    def worker_settings(self, redis_url: str = "", **overrides: Any) -> Settings:
+        """Worker settings pointed at this simulator; the client's rate limit is lifted for tests."""
+        options: dict[str, Any] = {
+            "api_url": self.url,
+            "api_token": self.token,
+            "redis_url": redis_url,
+            "rate_limit_per_s": 10_000,
+            "rate_burst": 10_000,
+            **overrides,
+        }
+        return load_settings(**options)
 
 
 @contextmanager
