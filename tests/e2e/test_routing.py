@@ -283,3 +283,27 @@ def test_switched_off_owner_hands_on_and_reopened_conversations_go_to_someone_on
     simulator.clock.advance(timedelta(minutes=10))
     _tick(loop)
     assert _owner(simulator, conv) == 2
+
+
+def test_a_conversation_a_person_unassigns_is_routed_again(
+    simulator: SimulatorHandle, make_runtime: RuntimeFactory
+) -> None:
+    """Unassignment opens a new per_assignment situation: the routing rule acts again, once."""
+    rules = """
+rules:
+  - id: route
+    once: per_assignment
+    when: {status: open, owner: unset}
+    then:
+      - assign: 111
+"""
+    loop, _ = _loop(make_runtime, rules)
+    conv = simulator.sim.new_conversation(channel="sms")["id"]
+    _tick(loop)
+    assert _owner(simulator, conv) == 111
+    simulator.clock.advance(60)
+    simulator.sim.reassign(conv, None)
+    _tick(loop)
+    _tick(loop)
+    assert _owner(simulator, conv) == 111
+    assert len(simulator.sim.audit.applied("POST", "/conversations-bulk-actions")) == 2

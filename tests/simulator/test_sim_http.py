@@ -111,7 +111,7 @@ def test_patch_bumps_updated_at_and_sets_extensions(simulator: SimulatorHandle, 
     assert patched["updated_at"] == "2026-11-02T09:01:00.000Z"
     simulator.clock.advance(60)
     unassigned = client.patch("/conversations/1", json={"owner_id": None, "tags": ["vip"]}).json()
-    assert unassigned["assigned_at"] is None and unassigned["tags"] == ["vip"]
+    assert unassigned["assigned_at"] == "2026-11-02T09:02:00.000Z" and unassigned["tags"] == ["vip"]
     assert unassigned["stage_entered_at"] == "2026-11-02T09:01:00.000Z"
 
 

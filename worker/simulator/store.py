@@ -250,7 +250,9 @@ class Store:
         if stage_moved:
             record["stage_entered_at"] = now
         if "owner_id" in changed:
-            record["assigned_at"] = now if changed["owner_id"] is not None else None
+            # When the assignment last changed, set or cleared: an unassignment is a new
+            # assignment situation (`once: per_assignment`), so routing may act again.
+            record["assigned_at"] = now
         self.conversations.set_updated_at(record, now)
         return True
 
