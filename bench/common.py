@@ -439,3 +439,19 @@ def worker_processes(env: dict[str, str], processes: int, threads: int) -> Itera
 def load_note() -> str:
     """The 1-minute load average now: other work on the machine shows in real-clock figures."""
     return f"load average (1 min) at the start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+
+
+@dataclass(frozen=True)
+class Workers:
+    """How a benchmark runs the dramatiq workers: threads in the benchmark's process, or
+    separate `inboxpilot run --role worker` processes."""
+
+    workers: str = "threads"  # "threads" | "processes"
+    threads: int = 8
+    processes: int = 1
+
+    @property
+    def label(self) -> str:
+        if self.workers == "threads":
+            return f"in-process, {self.threads} threads"
+        return f"{self.processes} worker process(es) x {self.threads} threads"

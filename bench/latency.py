@@ -30,6 +30,7 @@ from bench.common import (
     TOKEN,
     Sandbox,
     Table,
+    Workers,
     arguments,
     bench_redis_url,
     command_line,
@@ -73,15 +74,13 @@ rules:
 @dataclass(frozen=True)
 class Config:
     interval_s: float
-    workers: str = "threads"  # "threads" (in-process) or "processes" (inboxpilot run --role worker)
+    workers: str = "threads"
     threads: int = 8
     processes: int = 1
 
     @property
     def label(self) -> str:
-        if self.workers == "threads":
-            return f"in-process, {self.threads} threads"
-        return f"{self.processes} worker process(es) x {self.threads} threads"
+        return Workers(self.workers, self.threads, self.processes).label
 
 
 @dataclass

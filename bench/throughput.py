@@ -36,6 +36,7 @@ from bench.common import (
     Collector,
     Sandbox,
     Table,
+    Workers,
     arguments,
     bench_redis_url,
     command_line,
@@ -71,17 +72,7 @@ GOAL_PER_S = 1_000
 DRAIN_TIMEOUT_S = 300.0
 
 
-@dataclass(frozen=True)
-class Config:
-    workers: str = "threads"  # "threads" (in-process) or "processes" (inboxpilot run --role worker)
-    threads: int = 8
-    processes: int = 1
-
-    @property
-    def label(self) -> str:
-        if self.workers == "threads":
-            return f"in-process, {self.threads} threads"
-        return f"{self.processes} process(es) x {self.threads} threads"
+Config = Workers
 
 
 @dataclass
