@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import redis
 import typer
 
 from worker.cli import app
-
-if TYPE_CHECKING:
-    from worker.planning import Step
-
 from worker.cli.common import rulebook_or_exit, settings_or_exit
+from worker.clock import SystemClock
+from worker.ledger import Ledger
+from worker.planning import Step, item_key
+from worker.redis_conn import connect
+from worker.rules.evaluator import Evaluation
+from worker.sla_pauses import SlaPauses
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -55,8 +58,21 @@ def explain(
         )
         raise typer.Exit(1)
     now = _parse_time(at) or datetime.now(UTC)
+    shared = connect(settings.redis_url) if settings.redis_url else None
+    if shared is not None:  # SLA clocks skip the pauses the worker recorded
+        SlaPauses(shared).attach(rules.ruleset, [record], now)
     evaluation = evaluate(rules.ruleset, snapshot, now, explain=True)
-    typer.echo(format_explanation(evaluation, "json" if as_json else "text"))
+    history = _fired_before(shared, settings.ledger_ttl_s, evaluation) if shared is not None else []
+    if as_json:
+        data = json.loads(format_explanation(evaluation, "json"))
+        typer.echo(json.dumps({**data, "ledger": history}, indent=2))
+        return
+    typer.echo(format_explanation(evaluation, "text"))
+    for entry in history:
+        typer.echo(
+            f"\nledger: rule '{entry['rule']}' already has this firing ({entry['key']}): "
+            f"{entry['state']} at {entry['at']}; it will not fire again for this situation"
+        )
 
 
 @app.command("plan")
@@ -93,6 +109,18 @@ def plan_command(
         typer.echo(f"  {row['rule']:<32} conversation {row['conversation']:<8} {row['do']}  [{row['key']}]")
     for line in report.deferred:
         typer.echo(f"  deferred: {line}")
+
+
+def _fired_before(shared: redis.Redis, ttl_s: int, evaluation: Evaluation) -> list[dict[str, str]]:
+    """Matches whose firing the worker's ledger already holds: explain must not say they will fire."""
+    ledger = Ledger(shared, SystemClock(), ttl_s=ttl_s)
+    found = []
+    for match in evaluation.matches:
+        entry = ledger.get(item_key(match, 0))
+        if entry is not None:
+            at = entry.updated_at.isoformat()
+            found.append({"rule": match.rule_id, "key": match.firing_key, "state": entry.state, "at": at})
+    return found
 
 
 def _describe(step: Step) -> str:

@@ -1,0 +1,61 @@
+"""`inboxpilot explain` against the simulator: reasons per rule, and what the ledger already holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.e2e.conftest import Collector, RuntimeFactory
+from worker.cli import app
+from worker.scheduling.loop import Loop
+from worker.simulator.testing import SimulatorHandle
+
+RULES = """
+rules:
+  - id: assign-new
+    description: New conversations go to agent 201.
+    when: {status: open, owner: unset}
+    then:
+      - assign: 201
+"""
+
+
+def _explain(simulator: SimulatorHandle, rules: Path, redis_url: str, *args: str) -> str:
+    env = {
+        "INBOXPILOT_API_URL": simulator.url,
+        "INBOXPILOT_API_TOKEN": simulator.token,
+        "INBOXPILOT_RULES_PATH": str(rules),
+        "INBOXPILOT_REDIS_URL": redis_url,
+    }
+    result = CliRunner().invoke(app, ["explain", *args], env=env)
+    assert result.exit_code == 0, result.output
+    assert simulator.token not in result.output
+    return result.stdout
+
+
+def test_explain_shows_the_reasons_and_the_firing_key(
+    simulator: SimulatorHandle, tmp_path: Path, redis_url: str
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    conv = simulator.sim.new_conversation(channel="sms")["id"]
+    text = _explain(simulator, rules, redis_url, "-c", str(conv))
+    assert "rule 'assign-new': MATCH - fires" in text
+    assert "owner is unset" in text and f"assign-new:{conv}:c" in text
+
+
+def test_explain_says_when_the_ledger_already_holds_the_firing(
+    simulator: SimulatorHandle, tmp_path: Path, redis_url: str, make_runtime: RuntimeFactory
+) -> None:
+    if not redis_url:
+        pytest.skip("explain reads the worker's ledger from a shared Redis: set REDIS_URL")
+    conv = simulator.sim.new_conversation(channel="sms")["id"]
+    Loop(make_runtime(RULES), Collector()).poll_once()  # the scheduler claims the firing
+    rules = tmp_path / "rules.yaml"  # make_runtime wrote the same rules here
+    text = _explain(simulator, rules, redis_url, "-c", str(conv))
+    assert f"ledger: rule 'assign-new' already has this firing (assign-new:{conv}:c): pending" in text
+    data = json.loads(_explain(simulator, rules, redis_url, "-c", str(conv), "--json"))
+    assert [(e["rule"], e["state"]) for e in data["ledger"]] == [("assign-new", "pending")]
