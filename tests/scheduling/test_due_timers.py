@@ -105,3 +105,20 @@ def test_hundred_thousand_timers(redis_client: redis.Redis, clock: FakeClock) ->
     assert total == 50_000
     assert len(timers) == 50_000
     assert timers.cancel_conversation(499) == 1
+
+
+def test_replace_sets_exactly_the_given_timers_per_conversation(
+    redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    timers = DueTimers(redis_client)
+    soon, later = clock.now() + timedelta(minutes=5), clock.now() + timedelta(hours=1)
+    timers.schedule("sla", 1, soon)
+    timers.schedule("nudge", 1, soon)
+    timers.schedule("sla", 2, soon)
+    timers.replace({1: {"sla": later, "close": later}, 2: {}, 3: {"nudge": soon}})
+    assert timers.for_conversation(1) == {"sla", "close"}
+    assert timers.due_at("sla", 1) == later and timers.due_at("nudge", 1) is None
+    assert timers.for_conversation(2) == set()
+    assert timers.due_at("nudge", 3) == soon
+    timers.replace({})  # nothing to do, no round trip
+    assert len(timers) == 3

@@ -177,9 +177,9 @@ class Loop:
                 continue
             CONVERSATIONS_EVALUATED.inc()
             report.evaluations.append(evaluation)
-            if not self.dry_run:
-                self._reschedule(evaluation)
             pairs.extend((evaluation.conversation_id, m) for m in evaluation.matches)
+        if not self.dry_run:  # timers follow what each conversation now waits for
+            runtime.timers.replace({e.conversation_id: e.next_due for e in report.evaluations})
         report.matches = len(pairs)
         for _, match in pairs:
             RULE_MATCHES.labels(rule=match.rule_id).inc()
@@ -237,12 +237,6 @@ class Loop:
         if not won:
             return None
         return Step(step.kind, won, step.bulk, step.action)
-
-    def _reschedule(self, evaluation: Evaluation) -> None:
-        timers = self.runtime.timers
-        timers.cancel_conversation(evaluation.conversation_id, except_rules=evaluation.next_due.keys())
-        for rule_id, due in evaluation.next_due.items():
-            timers.schedule(rule_id, evaluation.conversation_id, due)
 
     def _fetch(self, ids: Iterable[int]) -> list[Conversation]:
         """Conversations by id, 50 per request."""

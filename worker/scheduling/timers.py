@@ -23,7 +23,7 @@ pumps never pop the same timer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -84,6 +84,11 @@ def _member(rule_id: str, conversation_id: int) -> str:
     return f"{rule_id}{SEPARATOR}{conversation_id}"
 
 
+def _schedule_args(rule_id: str, conversation_id: int, due: datetime) -> list[str]:
+    """One timer's arguments for the _SCHEDULE script."""
+    return [_member(rule_id, conversation_id), repr(to_epoch(due)), rule_id, str(conversation_id)]
+
+
 def _index(conversation_id: int) -> str:
     return f"{CONV_INDEX_PREFIX}{conversation_id}"
 
@@ -106,7 +111,7 @@ class DueTimers:
         total = 0
         args: list[str] = []
         for rule_id, conversation_id, due in timers:
-            args += [_member(rule_id, conversation_id), repr(to_epoch(due)), rule_id, str(conversation_id)]
+            args += _schedule_args(rule_id, conversation_id, due)
             if len(args) >= 4 * batch:
                 total += int(self._schedule(keys=[TIMERS_KEY], args=[CONV_INDEX_PREFIX, *args]))
                 args = []
@@ -126,6 +131,24 @@ class DueTimers:
         """Remove all timers of a conversation except those of `except_rules`; returns how many."""
         keys = [TIMERS_KEY, _index(conversation_id)]
         return int(self._cancel_conv(keys=keys, args=[str(conversation_id), *except_rules]))
+
+    def replace(self, due_by_conversation: Mapping[int, Mapping[str, datetime]]) -> None:
+        """Make each conversation's timers exactly the given ones (the rest cancelled), in one round trip.
+
+        The poll loop calls this once per tick for every conversation it evaluated.
+        """
+        if not due_by_conversation:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        args: list[str] = []
+        for conversation_id, dues in due_by_conversation.items():
+            keys = [TIMERS_KEY, _index(conversation_id)]
+            self._cancel_conv(keys=keys, args=[str(conversation_id), *dues], client=pipe)
+            for rule_id, due in dues.items():
+                args += _schedule_args(rule_id, conversation_id, due)
+        if args:
+            self._schedule(keys=[TIMERS_KEY], args=[CONV_INDEX_PREFIX, *args], client=pipe)
+        pipe.execute()
 
     def pop_due(self, now: datetime, limit: int = 500) -> list[DueTimer]:
         """Remove and return up to `limit` timers due at or before `now`, earliest first."""
