@@ -1,5 +1,5 @@
 """Benchmark 2, action cost: API calls to apply one bulk action to k matching conversations,
-inboxpilot (planner -> bulk steps -> worker.execution) vs the naive one call per conversation.
+inboxpilot (planner -> bulk steps -> worker.execution.execute) vs the naive one call per conversation.
 
     python -m bench.action_cost [--quick]
 """
@@ -27,8 +27,8 @@ from bench.common import (
 )
 from bench.naive import NaivePoller
 from worker.clock import FakeClock
-from worker.execution import execute
-from worker.scheduling.loop import Loop
+from worker.execution.execute import execute
+from worker.scheduling.tick import Loop
 
 OWNER = 101
 ASSIGN_RULES = f"""
@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> list[ActionResult]:
     results = [measure(k) for k in (SIZES_QUICK if args.quick else SIZES_FULL)]
     notes = [
         "ours: the loop polls, plans `assign` for every match (one bulk change, chunked by 50), "
-        "claims in the ledger, then `worker.execution.execute` runs each step (as the actor would).",
+        "claims in the ledger, then `worker.execution.execute.execute` runs each step (as the actor would).",
         "read-back calls: execution re-reads the step's conversations (one `id[$in]` find per 50) "
         "before acting, so a stale or already-applied item is never re-sent; they are reads, not actions.",
         "naive: one PATCH /conversations/:id per matching conversation.",

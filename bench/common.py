@@ -32,14 +32,14 @@ import redis
 from worker.clock import Clock, FakeClock
 from worker.config import load_settings
 from worker.logs import configure_logging
-from worker.planning import Step
-from worker.redis_conn import embedded_server
 from worker.runtime import Runtime
-from worker.scheduling.leader import LeaderLease
-from worker.scheduling.loop import Loop
-from worker.scheduling.watermark import WatermarkState
+from worker.scheduling.planning import Step
+from worker.scheduling.tick import Loop
 from worker.simulator.server import serve
 from worker.simulator.simulator import Simulator
+from worker.state.lease import LeaderLease
+from worker.state.redis_conn import embedded_server
+from worker.state.watermark import WatermarkState
 
 RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
 TOKEN = "bench-token"

@@ -126,8 +126,8 @@ def hold_timers(path: str, redis_url: str) -> dict[str, float]:
     """In this process: a worker's imports, then every timer listed in `path` scheduled in Redis."""
     import worker.runtime  # noqa: F401 - the worker's own baseline: everything a scheduler imports
     from worker.clock import from_epoch
-    from worker.redis_conn import connect
-    from worker.scheduling.timers import DueTimers
+    from worker.state.redis_conn import connect
+    from worker.state.timers import DueTimers
 
     client = connect(redis_url)
     client.flushdb()
@@ -152,7 +152,7 @@ def redis_bytes(client: object) -> float:
     """Bytes of the timer keys in a real Redis (MEMORY USAGE; the per-conversation sets sampled)."""
     import redis
 
-    from worker.scheduling.timers import CONV_INDEX_PREFIX, TIMERS_KEY
+    from worker.state.timers import CONV_INDEX_PREFIX, TIMERS_KEY
 
     assert isinstance(client, redis.Redis)
     total = float(client.memory_usage(TIMERS_KEY, samples=0) or 0)

@@ -32,7 +32,7 @@ from bench.common import (
 )
 from bench.naive import NaivePoller
 from worker.clock import FakeClock
-from worker.scheduling.loop import Loop
+from worker.scheduling.tick import Loop
 
 # Record-only rules: nothing beyond the conversation record is read, so the poll is all there is.
 RECORD_ONLY_RULES = """

@@ -52,10 +52,10 @@ from worker.api.models import Conversation
 from worker.api.services import SEND_PATHS
 from worker.app import App
 from worker.config import Settings, load_settings
-from worker.execution import execute
+from worker.execution.execute import execute
 from worker.runtime import Runtime
-from worker.scheduling.loop import Loop
-from worker.scheduling.watermark import WatermarkState
+from worker.scheduling.tick import Loop
+from worker.state.watermark import WatermarkState
 
 CHANNEL = "sms"
 SEND_PATH = SEND_PATHS[CHANNEL]

@@ -15,12 +15,12 @@ from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
 
 from tests.e2e._exec_helpers import applied_posts, flush_redis, plan_and_claim, posts, runtime_on
-from worker.actors import QUEUE, Actors, declare_actors, on_dead_letter
 from worker.api.services import AUTOMATION_EXECUTIONS, BULK_ACTIONS, SEND_PATHS
-from worker.broker import build_broker, list_dead_letters
-from worker.middleware import DeadLetterNotice
-from worker.planning import Item, Step
+from worker.queue.actors import QUEUE, Actors, declare_actors, on_dead_letter
+from worker.queue.broker import build_broker, list_dead_letters
+from worker.queue.middleware import DeadLetterNotice
 from worker.runtime import Runtime, set_runtime
+from worker.scheduling.planning import Item, Step
 from worker.simulator.testing import SimulatorHandle
 
 JOIN_TIMEOUT_MS = 30_000

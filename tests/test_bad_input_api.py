@@ -21,14 +21,14 @@ import redis
 from tests.e2e._exec_helpers import flush_redis
 from worker.api.errors import MalformedResponse
 from worker.logs import configure_logging
-from worker.planning import Step
-from worker.rulebook import Rulebook
+from worker.rules.book import Rulebook
 from worker.rules.loader import load_texts
 from worker.runtime import Runtime
-from worker.scheduling.leader import LeaderLease
-from worker.scheduling.loop import Loop
-from worker.scheduling.quarantine import QUARANTINE_KEY
+from worker.scheduling.planning import Step
+from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
+from worker.state.lease import LeaderLease
+from worker.state.quarantine import QUARANTINE_KEY
 
 RULES = """
 rules:
@@ -187,7 +187,7 @@ def test_transient_errors_are_not_quarantined(
 def test_a_rule_that_raises_quarantines_only_its_conversation(
     simulator: SimulatorHandle, loop: tuple[Loop, Collector], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import worker.scheduling.loop as loop_module
+    import worker.scheduling.tick as loop_module
 
     the_loop, collector = loop
     first, bad = conversations(simulator, 2)

@@ -19,8 +19,8 @@ from prometheus_client import generate_latest
 
 from worker.logs import configure_logging
 from worker.metrics import REGISTRY
-from worker.rulebook import Rulebook
 from worker.rules import load_texts
+from worker.rules.book import Rulebook
 
 LOCATED = re.compile(r"^[^:]+:\d+:\d+: .+")
 WORDS = st.sampled_from(

@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e._exec_helpers import flush_redis, plan_and_claim, posts, runtime_on
 from worker.api.services import SEND_PATHS
-from worker.execution import execute
+from worker.execution.execute import execute
 from worker.rules import load_texts
 from worker.runtime import Runtime
 from worker.simulator.testing import SimulatorHandle

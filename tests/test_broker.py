@@ -13,17 +13,17 @@ import structlog
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AgeLimit, Retries, TimeLimit
 
-from worker import broker as broker_mod
-from worker.broker import (
+from worker.config import Settings
+from worker.logs import register_secret
+from worker.queue import broker as broker_mod
+from worker.queue.broker import (
     DeadLetter,
     build_broker,
     drop_dead_letter,
     list_dead_letters,
     retry_dead_letter,
 )
-from worker.config import Settings
-from worker.logs import register_secret
-from worker.middleware import DeadLetterNotice, LogContext
+from worker.queue.middleware import DeadLetterNotice, LogContext
 
 AMQP_URL = os.environ.get("AMQP_URL", "")
 REDIS_URL = os.environ.get("REDIS_URL", "")

@@ -10,14 +10,14 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.e2e._exec_helpers import flush_redis
-from worker.actors import QUEUE, Actors, declare_actors
-from worker.broker import build_broker, list_dead_letters
 from worker.cli import app
 from worker.cli.deadletters import item_keys, retry
 from worker.clock import FakeClock
 from worker.config import Settings
-from worker.ledger import Ledger
-from worker.redis_conn import connect
+from worker.queue.actors import QUEUE, Actors, declare_actors
+from worker.queue.broker import build_broker, list_dead_letters
+from worker.state.ledger import Ledger
+from worker.state.redis_conn import connect
 
 KEY = "assign-new:7:c#0"
 JOIN_TIMEOUT_MS = 20_000

@@ -6,7 +6,7 @@ from datetime import timedelta
 import redis
 
 from worker.clock import FakeClock
-from worker.ledger import (
+from worker.state.ledger import (
     AUDIT_STREAM,
     ENTRY_PREFIX,
     Ledger,

@@ -23,16 +23,16 @@ import redis
 from prometheus_client import generate_latest
 
 from tests.e2e._exec_helpers import flush_redis, plan_and_claim
-from worker.actors import QUEUE, declare_actors, on_dead_letter
 from worker.api.errors import ApiError
 from worker.api.services import SEND_PATHS
-from worker.broker import build_broker, list_dead_letters
 from worker.clock import FakeClock
 from worker.config import load_settings
 from worker.logs import configure_logging
 from worker.metrics import REGISTRY
-from worker.middleware import DeadLetterNotice
-from worker.rulebook import Rulebook
+from worker.queue.actors import QUEUE, declare_actors, on_dead_letter
+from worker.queue.broker import build_broker, list_dead_letters
+from worker.queue.middleware import DeadLetterNotice
+from worker.rules.book import Rulebook
 from worker.rules.loader import load_texts
 from worker.runtime import Runtime, set_runtime
 from worker.simulator.testing import SimulatorHandle, served_simulator

@@ -13,19 +13,19 @@ from dataclasses import dataclass
 import dramatiq
 import httpx
 
-from worker.actors import QUEUE, Actors, declare_actors, on_dead_letter
 from worker.api.errors import ApiError
 from worker.api.services import CONVERSATIONS
-from worker.broker import build_broker
 from worker.clock import Clock
 from worker.config import Settings
 from worker.health import HealthServer
 from worker.logs import get_logger
-from worker.middleware import DeadLetterNotice
-from worker.rulebook import Rulebook
+from worker.queue.actors import QUEUE, Actors, declare_actors, on_dead_letter
+from worker.queue.broker import build_broker
+from worker.queue.middleware import DeadLetterNotice
+from worker.rules.book import Rulebook
 from worker.runtime import Runtime, set_runtime
-from worker.scheduling.loop import Loop
 from worker.scheduling.scheduler import SchedulerService
+from worker.scheduling.tick import Loop
 
 log = get_logger(__name__)
 

@@ -42,10 +42,10 @@ from typing import Any
 
 from worker.api.models import Contact, Conversation, Message
 from worker.api.services import Services
-from worker.planning import PlanContext, plan
 from worker.rules.context import utc
 from worker.rules.evaluator import InMemoryState, Match, Snapshot, evaluate
 from worker.rules.model import Rule, RuleSet
+from worker.scheduling.planning import PlanContext, plan
 
 DEFAULT_LATENCY = timedelta(seconds=60)
 SLA_CONDITIONS = frozenset({"waiting_for_reply", "age"})

@@ -9,7 +9,7 @@ import threading
 from worker.app import App
 from worker.config import load_settings
 from worker.logs import configure_logging
-from worker.rulebook import RELOAD_INTERVAL_S
+from worker.rules.book import RELOAD_INTERVAL_S
 
 _settings = load_settings()
 configure_logging(_settings.log_level, _settings.log_format, secrets=[_settings.api_token.get_secret_value()])

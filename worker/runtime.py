@@ -15,14 +15,14 @@ import redis
 
 from worker.api.client import ApiClient
 from worker.api.services import Services
-from worker.api_pause import SharedPause
 from worker.clock import Clock, SystemClock
 from worker.config import Settings
-from worker.ledger import Ledger
 from worker.metrics import observe_api_backoff, observe_api_response
-from worker.redis_conn import connect
-from worker.rulebook import Rulebook
-from worker.scheduling.timers import DueTimers
+from worker.rules.book import Rulebook
+from worker.state.api_pause import SharedPause
+from worker.state.ledger import Ledger
+from worker.state.redis_conn import connect
+from worker.state.timers import DueTimers
 
 
 @dataclass

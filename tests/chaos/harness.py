@@ -41,9 +41,9 @@ import httpx
 import redis
 
 from worker.api.services import BULK_ACTIONS, SEND_PATHS
-from worker.ledger import AUDIT_STREAM, ENTRY_PREFIX, REDRIVE_KEY
-from worker.scheduling.leader import lease_key
 from worker.scheduling.scheduler import LEASE_NAME
+from worker.state.lease import lease_key
+from worker.state.ledger import AUDIT_STREAM, ENTRY_PREFIX, REDRIVE_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "chaos-token-5f1d0c9a"  # recognisable: the run checks it never reaches a log

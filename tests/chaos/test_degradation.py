@@ -24,18 +24,18 @@ from dramatiq.errors import Retry
 
 from tests.chaos.harness import RedisServer
 from tests.e2e._exec_helpers import applied_posts, flush_redis, plan_and_claim, runtime_on
-from worker.actors import left_for_redrive
 from worker.api.client import ApiClient
 from worker.api.errors import GeneralError, RateLimited, TransportError
 from worker.api.services import SEND_PATHS
-from worker.api_pause import FAILURE_THRESHOLD, PAUSE_KEY, SharedPause
 from worker.clock import FakeClock
-from worker.execution import execute
-from worker.planning import Step
+from worker.execution.execute import execute
+from worker.queue.actors import left_for_redrive
 from worker.runtime import Runtime
-from worker.scheduling.leader import LeaderLease
-from worker.scheduling.loop import Loop
+from worker.scheduling.planning import Step
+from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
+from worker.state.api_pause import FAILURE_THRESHOLD, PAUSE_KEY, SharedPause
+from worker.state.lease import LeaderLease
 
 EMPTY_PAGE = {"total": 0, "limit": 50, "skip": 0, "data": []}
 URL = "http://api.test"

@@ -16,8 +16,8 @@ from dramatiq.errors import Retry
 
 from tests.e2e._exec_helpers import applied_posts, flush_redis, plan_and_claim, runtime_on
 from worker.api.services import SEND_PATHS
-from worker.broker import MAX_RETRIES
-from worker.execution import BUSY_RETRY_MS, EXEC_LOCK_PREFIX, EXEC_LOCK_TTL_MS, busy_retry_ms, execute
+from worker.execution.execute import BUSY_RETRY_MS, EXEC_LOCK_PREFIX, EXEC_LOCK_TTL_MS, busy_retry_ms, execute
+from worker.queue.broker import MAX_RETRIES
 from worker.runtime import Runtime
 from worker.simulator.testing import SimulatorHandle
 

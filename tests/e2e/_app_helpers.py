@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from worker.actors import QUEUE
 from worker.app import App
-from worker.scheduling.leader import LeaderLease
-from worker.scheduling.loop import Loop, TickReport
+from worker.queue.actors import QUEUE
+from worker.scheduling.tick import Loop, TickReport
 from worker.simulator.testing import SimulatorHandle
+from worker.state.lease import LeaderLease
 
 JOIN_TIMEOUT_MS = 30_000
 

@@ -10,14 +10,14 @@ import fakeredis
 import redis
 
 from worker.clock import Clock
-from worker.planning import PlanContext, Step, plan
-from worker.redis_conn import embedded_server
-from worker.rulebook import Rulebook
+from worker.rules.book import Rulebook
 from worker.rules.evaluator import Snapshot, evaluate
 from worker.rules.loader import load_texts
 from worker.runtime import Runtime
+from worker.scheduling.planning import PlanContext, Step, plan
 from worker.simulator.audit import AuditEntry
 from worker.simulator.testing import SimulatorHandle
+from worker.state.redis_conn import embedded_server
 
 
 def flush_redis(redis_url: str) -> None:

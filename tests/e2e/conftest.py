@@ -10,10 +10,10 @@ import fakeredis
 import httpx
 import pytest
 
-from worker.planning import Step
-from worker.redis_conn import embedded_server
 from worker.runtime import Runtime
+from worker.scheduling.planning import Step
 from worker.simulator.testing import SimulatorHandle
+from worker.state.redis_conn import embedded_server
 
 
 class CountingTransport(httpx.HTTPTransport):

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from tests.e2e.conftest import Collector, RuntimeFactory
 from worker.cli import app
-from worker.scheduling.loop import Loop
+from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
 
 RULES = """

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from tests.e2e._exec_helpers import applied_posts, flush_redis, posts
-from worker.actors import QUEUE
 from worker.api.services import BULK_ACTIONS, SEND_PATHS
 from worker.app import App
-from worker.scheduling.leader import LeaderLease
-from worker.scheduling.loop import Loop
+from worker.queue.actors import QUEUE
+from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
+from worker.state.lease import LeaderLease
 
 JOIN_MS = 30_000
 

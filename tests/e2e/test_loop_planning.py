@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from tests.e2e.conftest import Collector, CountingTransport, RuntimeFactory
-from worker.scheduling.loop import Loop
+from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
 
 ASSIGN_NEW = """
@@ -36,7 +36,7 @@ def _loop(runtime_factory: RuntimeFactory, rules: str, **settings: object) -> tu
 
 def _leader(loop: Loop) -> None:
     """Give the loop a real fencing token so it may move the watermark."""
-    from worker.scheduling.leader import LeaderLease
+    from worker.state.lease import LeaderLease
 
     lease = LeaderLease(loop.runtime.redis, "scheduler", 30, loop.runtime.clock)
     assert lease.try_acquire()

@@ -11,9 +11,9 @@ import pytest
 
 from tests.e2e._app_helpers import app_on, leader_loop, tick_and_drain
 from tests.e2e._exec_helpers import flush_redis
-from worker.actors import QUEUE
 from worker.api.services import BULK_ACTIONS
 from worker.app import App
+from worker.queue.actors import QUEUE
 from worker.simulator.testing import SimulatorHandle
 
 AMQP_URL = os.environ.get("AMQP_URL", "")

@@ -8,13 +8,13 @@ from datetime import timedelta
 
 from tests.e2e.conftest import CountingTransport, RuntimeFactory
 from tests.scenarios.routing_properties import bot_assignments
-from worker.execution import execute
-from worker.planning import Step
-from worker.routing_state import Router
+from worker.execution.execute import execute
 from worker.runtime import Runtime
-from worker.scheduling.leader import LeaderLease
-from worker.scheduling.loop import Loop
+from worker.scheduling.planning import Step
+from worker.scheduling.router import Router
+from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
+from worker.state.lease import LeaderLease
 
 # The fake clock starts Monday 2026-11-02 09:00 UTC.
 ROSTER = """

@@ -7,7 +7,7 @@ from __future__ import annotations
 import redis
 
 from tests.e2e.conftest import RuntimeFactory
-from worker.routing_state import Router
+from worker.scheduling.router import Router
 from worker.simulator.testing import SimulatorHandle
 
 RULES = """

@@ -28,9 +28,9 @@ from tests.scenarios.routing_properties import (
 )
 from worker.api.models import Conversation
 from worker.rules.routing import waiting_since
-from worker.scheduling.leader import LeaderLease
-from worker.scheduling.loop import Loop
+from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
+from worker.state.lease import LeaderLease
 
 # The busy run re-reads a long waiting line every minute: 2 days keep CI quick; the whole
 # week passes too (ROUTING_BUSY_DAYS=7, about 3 minutes).

@@ -9,8 +9,8 @@ import pytest
 
 from tests.e2e.conftest import Collector, RuntimeFactory
 from worker.logs import configure_logging
-from worker.scheduling.loop import Loop
 from worker.scheduling.scheduler import SchedulerService
+from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
 
 RULES = """

@@ -10,12 +10,12 @@ from typing import Any
 
 from tests.e2e.conftest import RuntimeFactory
 from worker.clock import FakeClock
-from worker.execution import execute
-from worker.planning import Step
+from worker.execution.execute import execute
 from worker.runtime import Runtime
-from worker.scheduling.leader import LeaderLease
-from worker.scheduling.loop import Loop
+from worker.scheduling.planning import Step
+from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
+from worker.state.lease import LeaderLease
 
 RULES = """
 calendars:

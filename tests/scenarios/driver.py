@@ -3,7 +3,7 @@
 The loop is the production one (`Loop.poll_once`, `pump_once`, `resync_once`,
 `redrive_once`, ledger claims, due-timers in Redis, the Router's round-robin
 pointer in Redis). Claimed steps are executed inline with
-`worker.execution.execute` right after each tick instead of through a dramatiq
+`worker.execution.execute.execute` right after each tick instead of through a dramatiq
 worker: the broker's worker threads, delays and retries run on wall time, so
 with a fake clock jumping hours at a time the interleaving of actor runs and
 ticks would depend on thread scheduling; inline execution keeps a seed's run
@@ -25,15 +25,15 @@ from pathlib import Path
 from tests.e2e._exec_helpers import flush_redis
 from tests.scenarios.traffic import Event
 from worker.config import load_settings
-from worker.execution import execute
-from worker.planning import Step
-from worker.rulebook import Rulebook
+from worker.execution.execute import execute
+from worker.rules.book import Rulebook
 from worker.rules.loader import load_rules
 from worker.runtime import Runtime
-from worker.scheduling.leader import LeaderLease
-from worker.scheduling.loop import Loop
+from worker.scheduling.planning import Step
+from worker.scheduling.tick import Loop
 from worker.simulator.errors import FeathersError
 from worker.simulator.testing import SimulatorHandle
+from worker.state.lease import LeaderLease
 
 TICK = timedelta(seconds=1)
 RESYNC_EVERY = timedelta(hours=6)

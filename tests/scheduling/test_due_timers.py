@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from worker.clock import FakeClock
-from worker.scheduling.timers import DueTimer, DueTimers
+from worker.state.timers import DueTimer, DueTimers
 
 
 def test_schedule_and_pop_due(redis_client: redis.Redis, clock: FakeClock) -> None:

@@ -5,7 +5,7 @@ import time
 import redis
 
 from worker.clock import FakeClock
-from worker.scheduling.leader import LeaderLease, lease_key
+from worker.state.lease import LeaderLease, lease_key
 
 
 def wait_until(condition: object, timeout_s: float = 5.0) -> bool:

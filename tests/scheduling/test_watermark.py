@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 import redis
 
 from worker.clock import FakeClock
-from worker.scheduling.leader import LeaderLease, lease_key
-from worker.scheduling.watermark import (
+from worker.state.lease import LeaderLease, lease_key
+from worker.state.watermark import (
     Watermark,
     WatermarkState,
     advance_state,

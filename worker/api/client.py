@@ -39,7 +39,7 @@ BackoffHook = Callable[[float], None]
 
 
 class ApiGate(Protocol):
-    """A backoff shared by every process using the token (see `worker.api_pause`)."""
+    """A backoff shared by every process using the token (see `worker.state.api_pause`)."""
 
     def wait_s(self) -> float:
         """Seconds every caller should still wait before calling the API (0 = go)."""

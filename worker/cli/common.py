@@ -10,7 +10,7 @@ import typer
 from worker.cli import app
 from worker.config import Settings, SettingsError, load_settings
 from worker.logs import configure_logging
-from worker.rulebook import Rulebook
+from worker.rules.book import Rulebook
 from worker.rules.errors import RulesInvalid
 
 

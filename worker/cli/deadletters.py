@@ -18,8 +18,11 @@ from dataclasses import asdict
 import dramatiq
 import typer
 
-from worker.actors import _item_keys  # the one reading of a message's ledger keys
-from worker.broker import (
+from worker.cli import app
+from worker.cli.common import settings_or_exit
+from worker.clock import SystemClock
+from worker.queue.actors import _item_keys  # the one reading of a message's ledger keys
+from worker.queue.broker import (
     AMQP_SCHEMES,
     DeadLetter,
     build_broker,
@@ -27,11 +30,8 @@ from worker.broker import (
     list_dead_letters,
     retry_dead_letter,
 )
-from worker.cli import app
-from worker.cli.common import settings_or_exit
-from worker.clock import SystemClock
-from worker.ledger import Ledger
-from worker.redis_conn import connect
+from worker.state.ledger import Ledger
+from worker.state.redis_conn import connect
 
 dead_letters_app = typer.Typer(help="List, retry or drop dead-lettered queue messages.", no_args_is_help=True)
 app.add_typer(dead_letters_app, name="dead-letters")

@@ -23,11 +23,11 @@ from worker.app import App
 from worker.cli import app
 from worker.cli.common import rulebook_or_exit
 from worker.config import SettingsError, load_settings
-from worker.ledger import AUDIT_STREAM, read_audit
 from worker.logs import configure_logging
-from worker.redis_conn import connect
 from worker.rules.durations import DurationError, parse_duration
 from worker.simulator import Simulator, serve
+from worker.state.ledger import AUDIT_STREAM, read_audit
+from worker.state.redis_conn import connect
 
 DEMO_TOKEN = "demo-token"
 CUSTOMER_LINES = (

@@ -12,11 +12,11 @@ import typer
 from worker.cli import app
 from worker.cli.common import rulebook_or_exit, settings_or_exit
 from worker.clock import SystemClock
-from worker.ledger import Ledger
-from worker.planning import Step, item_key
-from worker.redis_conn import connect
 from worker.rules.evaluator import Evaluation
-from worker.sla_pauses import SlaPauses
+from worker.scheduling.planning import Step, item_key
+from worker.state.ledger import Ledger
+from worker.state.redis_conn import connect
+from worker.state.sla_pauses import SlaPauses
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -41,7 +41,7 @@ def explain(
     from worker.api.services import Services
     from worker.rules.evaluator import evaluate
     from worker.rules.explain import format_explanation
-    from worker.snapshots import read_snapshot
+    from worker.scheduling.snapshots import read_snapshot
 
     settings = settings_or_exit()
     rules = rulebook_or_exit(settings.rules_path)
@@ -82,7 +82,7 @@ def plan_command(
 ) -> None:
     """Dry run: poll once and print what would be done. Calls no mutating endpoint, claims nothing."""
     from worker.runtime import Runtime
-    from worker.scheduling.loop import Loop
+    from worker.scheduling.tick import Loop
 
     settings = settings_or_exit()
     rules = rulebook_or_exit(settings.rules_path)

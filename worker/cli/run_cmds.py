@@ -47,7 +47,7 @@ def run(
     rules = rulebook_or_exit(settings.rules_path)
 
     from worker.app import App
-    from worker.rulebook import RELOAD_INTERVAL_S
+    from worker.rules.book import RELOAD_INTERVAL_S
 
     built = App.build(settings, rulebook=rules)
     health = built.health_server(settings.metrics_port) if settings.metrics_port else None

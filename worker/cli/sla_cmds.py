@@ -74,8 +74,8 @@ def _attach_pauses(
     """The worker's pause record, when Redis answers (else only the current pause counts)."""
     import redis as redis_lib
 
-    from worker.redis_conn import connect
-    from worker.sla_pauses import SlaPauses
+    from worker.state.redis_conn import connect
+    from worker.state.sla_pauses import SlaPauses
 
     try:
         SlaPauses(connect(settings.redis_url)).attach(ruleset, conversations, now)

@@ -2,7 +2,7 @@
 
 The evaluator leaves `assign: {pool: x}` unresolved; the planner calls
 `choose_agent` with the current loads and the pool's pointer (kept in Redis by
-`worker.routing_state.Router`) and stores `new_pointer` back.
+`worker.scheduling.router.Router`) and stores `new_pointer` back.
 
 An agent is eligible when they are in the roster, switched on (`enabled`),
 below `capacity`, inside their `calendar`, not excluded (the current owner on

@@ -20,7 +20,7 @@ metric              clock runs from                          stops when         
 
 Pauses. The record shows only the current pause (stage + ``stage_entered_at``).
 Earlier pauses come from a small per-conversation record the loop keeps in
-Redis (`worker/sla_pauses.py`) and attaches to the conversation as the extra
+Redis (`worker/state/sla_pauses.py`) and attaches to the conversation as the extra
 field ``inboxpilot_sla_pauses`` before evaluating; `update_pauses` is the one
 pure function both use. Without it (``explain``, a backtest) only the current
 pause is honoured, so a deadline can come early only by prior pause time the

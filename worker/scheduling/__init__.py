@@ -1,27 +1,6 @@
-"""Scheduling: the leader lease, due-timers and the poll watermark (Redis-backed).
+"""Scheduling, in flow order: poller -> snapshots -> router -> planning (pure) -> tick -> scheduler.
 
-The scheduler jobs (poll, timer pump, resync) build on these; each module
-documents the Redis keys it owns.
+Where the API's conversations become planned steps: the poll tick reads what
+changed, builds snapshots, asks the rules what fires, plans it and claims it.
+The Redis state these modules use lives in `worker.state`.
 """
-
-from __future__ import annotations
-
-from worker.scheduling.leader import LeaderLease, lease_key
-from worker.scheduling.timers import DueTimer, DueTimers
-from worker.scheduling.watermark import (
-    Watermark,
-    WatermarkState,
-    advance_state,
-    filter_new_records,
-)
-
-__all__ = [
-    "DueTimer",
-    "DueTimers",
-    "LeaderLease",
-    "Watermark",
-    "WatermarkState",
-    "advance_state",
-    "filter_new_records",
-    "lease_key",
-]

@@ -25,7 +25,7 @@ from worker.api.models import Conversation
 from worker.api.services import CONVERSATIONS
 from worker.logs import get_logger
 from worker.metrics import PAGES_FETCHED
-from worker.scheduling.watermark import WatermarkState, filter_new_records
+from worker.state.watermark import WatermarkState, filter_new_records
 
 log = get_logger(__name__)
 MAX_PAGES_PER_TICK = 2000  # a guard against a server whose pages never end

@@ -12,7 +12,7 @@ Jobs and why each is configured as it is:
 - Only the leader runs the gated jobs. Several replicas may run for availability;
   when the leader stops renewing, a standby takes over within the lease TTL.
   The lease only makes concurrent leaders rare: the ledger claim is what makes a
-  duplicate firing impossible (see `worker/ledger.py`).
+  duplicate firing impossible (see `worker/state/ledger.py`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from worker.logs import get_logger
-from worker.rulebook import RELOAD_INTERVAL_S
-from worker.scheduling.leader import LeaderLease
-from worker.scheduling.loop import Loop
+from worker.rules.book import RELOAD_INTERVAL_S
+from worker.scheduling.tick import Loop
+from worker.state.lease import LeaderLease
 
 log = get_logger(__name__)
 LEASE_NAME = "scheduler"

@@ -10,7 +10,7 @@ times as often. So the backoff is shared through Redis:
   each further failure up to ``MAX_PAUSE_S``; an ordinary answer resets it;
 - while paused, `ApiClient` sends nothing: reads wait out the pause through
   their retry loop, writes raise `RateLimited` and the actor retries quietly
-  after the pause (`worker.execution.outcomes`).
+  after the pause (`worker.execution.execute.outcomes`).
 
 A 500 is not counted: it usually belongs to one request, not to the API. The
 pause is advisory: when Redis is unreachable it reads as "no pause" (and the

@@ -1,10 +1,10 @@
-"""The dramatiq actors: thin wrappers that decode a step and hand it to `worker.execution`.
+"""The dramatiq actors: thin wrappers that decode a step and hand it to `worker.execution.execute`.
 
 Three actors on the ``inboxpilot`` queue, one per step kind: ``bulk_action``,
 ``send_reply`` (replies and notes) and ``run_automation``. Each message carries
 the step as data plus ``firing_keys=[...]`` so the LogContext middleware binds
 them to every log line of the message. Retries, time limits and dead-lettering
-are the broker's middleware (`worker.broker`); exactly-once is the ledger's.
+are the broker's middleware (`worker.queue.broker`); exactly-once is the ledger's.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.errors import Retry
 
-from worker import execution
 from worker.api.errors import ApiError
-from worker.broker import MAX_RETRIES
+from worker.execution import execute as execution
 from worker.logs import get_logger
-from worker.planning import Step
+from worker.queue.broker import MAX_RETRIES
 from worker.runtime import get_runtime
+from worker.scheduling.planning import Step
 
 log = get_logger(__name__)
 

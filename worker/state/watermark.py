@@ -33,7 +33,7 @@ from typing import Protocol, TypeVar
 import redis
 
 from worker.logs import get_logger
-from worker.scheduling.leader import lease_key
+from worker.state.lease import lease_key
 
 WATERMARK_PREFIX = "inboxpilot:watermark:"
 

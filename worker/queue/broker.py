@@ -2,7 +2,7 @@
 
 Which broker: ``settings.broker_url`` if set, else ``settings.redis_url``;
 ``amqp://`` gives RabbitMQ, ``redis://`` the Redis broker on a client from
-`worker.redis_conn.connect` (bytes mode: dramatiq's decoder expects bytes), and
+`worker.state.redis_conn.connect` (bytes mode: dramatiq's decoder expects bytes), and
 both empty gives the Redis broker on the embedded in-process fakeredis (the
 same server the ledger and timers use in that process).
 
@@ -58,8 +58,8 @@ from dramatiq.middleware import (
 from worker.clock import from_epoch
 from worker.config import Settings
 from worker.logs import get_logger, scrub
-from worker.middleware import DEAD_LETTER_ERROR_PREFIX, DeadLetterNotice, LogContext
-from worker.redis_conn import connect
+from worker.queue.middleware import DEAD_LETTER_ERROR_PREFIX, DeadLetterNotice, LogContext
+from worker.state.redis_conn import connect
 
 DEFAULT_QUEUE = "default"
 REDIS_NAMESPACE = "dramatiq"

@@ -46,9 +46,9 @@ from worker.api.models import Conversation
 from worker.api.services import CONVERSATIONS, MAX_BULK_IDS
 from worker.clock import Clock, from_epoch, to_epoch
 from worker.logs import get_logger
-from worker.rulebook import Rulebook
+from worker.rules.book import Rulebook
 from worker.rules.routing import Choice, Pool, choose_agent, retry_at, skill_needs, waiting_since
-from worker.scheduling.timers import TIMERS_KEY, DueTimers
+from worker.state.timers import TIMERS_KEY, DueTimers
 
 log = get_logger(__name__)
 

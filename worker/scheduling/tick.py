@@ -17,8 +17,6 @@ from typing import Any, Protocol
 
 from worker.api.models import Conversation
 from worker.api.services import CONVERSATIONS, MAX_BULK_IDS
-from worker.api_pause import SharedPause
-from worker.ledger import Ledger
 from worker.logs import get_logger
 from worker.metrics import (
     CONVERSATIONS_EVALUATED,
@@ -28,15 +26,17 @@ from worker.metrics import (
     TIMER_BACKLOG,
     TIMER_LATENESS_S,
 )
-from worker.planning import PlanContext, PoolResolver, Step, item_key, plan
-from worker.routing_state import PreviewResolver, Router
 from worker.rules.evaluator import Evaluation, Match, evaluate
 from worker.runtime import Runtime
+from worker.scheduling.planning import PlanContext, PoolResolver, Step, item_key, plan
 from worker.scheduling.poller import Poller
-from worker.scheduling.quarantine import Quarantine, is_poison
-from worker.scheduling.watermark import Watermark
-from worker.sla_pauses import SlaPauses
-from worker.snapshots import read_snapshots
+from worker.scheduling.router import PreviewResolver, Router
+from worker.scheduling.snapshots import read_snapshots
+from worker.state.api_pause import SharedPause
+from worker.state.ledger import Ledger
+from worker.state.quarantine import Quarantine, is_poison
+from worker.state.sla_pauses import SlaPauses
+from worker.state.watermark import Watermark
 
 log = get_logger(__name__)
 
@@ -166,7 +166,7 @@ class Loop:
         ruleset = runtime.rulebook.ruleset
         now = runtime.clock.now()
         state = LedgerState(runtime.ledger, now)
-        # SLA clocks skip the pauses seen on earlier ticks (worker/sla_pauses.py).
+        # SLA clocks skip the pauses seen on earlier ticks (worker/state/sla_pauses.py).
         (self.sla_pauses.attach if self.dry_run else self.sla_pauses.observe)(ruleset, conversations, now)
         pairs: list[tuple[int, Match]] = []
         for snapshot in read_snapshots(runtime.api, ruleset, conversations, self._snapshot_failed):
@@ -216,7 +216,7 @@ class Loop:
             report.dedupes += len(step.items) - len(claimed.items)
             report.steps.append(claimed)
             self.dispatcher.enqueue(claimed)
-        if not self.dry_run:  # deferred assignments retry on a due-timer (worker/routing_state.py)
+        if not self.dry_run:  # deferred assignments retry on a due-timer (worker/scheduling/router.py)
             deferred = [(item.rule_id, item.conversation_id) for item, _ in ctx.deferred]
             self.router.end_tick(deferred, [e.conversation_id for e in report.evaluations])
         report.deferred.extend(f"{item.key}: {why}" for item, why in ctx.deferred)

@@ -56,16 +56,16 @@ from jinja2 import TemplateError
 
 from worker.api.errors import ApiError, NotFound, RateLimited
 from worker.api.models import WINDOWED_CHANNELS, Contact, Conversation, Message
-from worker.broker import TIME_LIMIT_MS
 from worker.logs import get_logger
 from worker.metrics import ACTIONS, FIRINGS, RECONCILIATIONS
-from worker.planning import BulkChange, Item, Step
+from worker.queue.broker import TIME_LIMIT_MS
 from worker.rules.actions import ACTIONS as ACTION_TYPES
 from worker.rules.actions import NoteAction, ReplyAction
 from worker.rules.context import utc
 from worker.rules.evaluator import Snapshot, evaluate
 from worker.rules.templates import TemplateRenderError, render, uses_contact
 from worker.runtime import Runtime
+from worker.scheduling.planning import BulkChange, Item, Step
 
 log = get_logger(__name__)
 

@@ -1,0 +1,1 @@
+"""Execution: a queued step becomes API calls, exactly once per ledger item."""
