@@ -58,3 +58,17 @@ def simulator(clock: FakeClock) -> Iterator[SimulatorHandle]:
     """An empty simulator (call `.sim.seed(n)` for data) served on a free loopback port."""
     with served_simulator(clock, SIMULATOR_TOKEN) as handle:
         yield handle
+
+
+# --- the hostile API --------------------------------------------------------------------
+# The simulator behind a wrapper that redirects, answers HTML, slips `null` into pages,
+# pages forever, lies about totals or trickles its answers (tests/support/hostile_api.py).
+
+from tests.support.hostile_api import HostileHandle, served_hostile_api  # noqa: E402
+
+
+@pytest.fixture
+def hostile(clock: FakeClock) -> Iterator[HostileHandle]:
+    """An empty simulator behind the hostile wrapper, on a free loopback port."""
+    with served_hostile_api(clock, SIMULATOR_TOKEN) as handle:
+        yield handle

@@ -22,7 +22,14 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from worker.api.errors import ApiError, MalformedResponse, RateLimited, TransportError, from_response
+from worker.api.errors import (
+    ApiError,
+    MalformedResponse,
+    RateLimited,
+    TransportError,
+    from_response,
+    redirected,
+)
 from worker.api.models import Page
 from worker.api.query import encode_query
 from worker.api.ratelimit import TokenBucket
@@ -109,6 +116,8 @@ class ApiClient:
             transport=transport or httpx.HTTPTransport(retries=connect_retries),
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             headers={"Accept": "application/json", "User-Agent": "inboxpilot"},
+            # Never: a redirect would carry the token elsewhere, and its body is not an answer.
+            follow_redirects=False,
         )
 
     @classmethod
@@ -340,6 +349,8 @@ class ApiClient:
 
     def _decode(self, response: httpx.Response, method: str, path: str) -> Any:
         status = response.status_code
+        if 300 <= status < 400:
+            raise redirected(status, response.headers.get("Location"), method=method, path=path)
         if status >= 400 or status < 200:
             raise from_response(
                 status,

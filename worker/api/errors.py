@@ -115,6 +115,33 @@ class MalformedResponse(ApiError):
     """An answer that is not JSON or not of the expected shape."""
 
 
+class Redirected(ApiError):
+    """A 3xx: never followed, never taken as data (a wrong API URL, a proxy, a login page).
+
+    A redirect followed with the bearer token could hand it to another host, and a
+    body sent along with a redirect is not the API's answer. `location` is the
+    `Location` header as sent ("" when there was none).
+    """
+
+    def __init__(self, message: str, *, location: str = "", **kwargs: Any) -> None:
+        self.location = scrub(location)
+        super().__init__(message, **kwargs)
+
+
+def redirected(status: int, location: str | None, *, method: str, path: str) -> Redirected:
+    """The error for a 3xx answer; a write that was redirected may have been applied."""
+    target = location or "(no Location header)"
+    return Redirected(
+        f"the API answered with a redirect to {target}; redirects are never followed "
+        "(check the API URL: scheme, host, path, or a proxy in front)",
+        status=status,
+        location=location or "",
+        method=method,
+        path=path,
+        maybe_applied=method.upper() not in ("GET", "HEAD"),
+    )
+
+
 # Status -> class; statuses not listed fall back by class (see `error_class_for`).
 ERRORS_BY_STATUS: dict[int, type[ApiError]] = {
     cls.status_code: cls
