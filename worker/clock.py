@@ -32,6 +32,26 @@ class SystemClock:
             time.sleep(seconds)
 
 
+class ShiftedClock:
+    """The wall clock's pace from a chosen start: the demo's business-hours morning at any hour.
+
+    Unlike `FakeClock` it moves by itself, so a scheduler and workers that wait
+    in real time see time pass as usual.
+    """
+
+    def __init__(self, start: datetime) -> None:
+        if start.tzinfo is None:
+            raise ValueError("ShiftedClock needs a timezone-aware start time")
+        self._offset = start.astimezone(UTC) - datetime.now(UTC)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self._offset
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+
 class FakeClock:
     """A clock that only moves when told to; `sleep` advances it instead of waiting."""
 
