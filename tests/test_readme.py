@@ -96,7 +96,7 @@ def test_offline_commands(tmp_path: Path) -> None:
     outputs = {line.split()[1]: shell(line, tmp_path, env) for line in lines}
     assert '"api_token": ""' in outputs["config"]
     assert (tmp_path / "inboxpilot-schema.json").read_text().lstrip().startswith("{")
-    assert "summary: firings by rule" in outputs["demo"]
+    assert "summary by rule" in outputs["demo"]
 
 
 @pytest.fixture

@@ -242,13 +242,13 @@ class Narrator:
         self.jobs[_job(verb, firing, rule is not None and is_followup(rule))] += 1
         what = self.sentence(firing, verb)
         why = "; ".join(firing.why)
-        at = firing.entries[min(firing.entries)].updated_at.astimezone(self.zone)
+        at = max(e.updated_at for e in firing.entries.values()).astimezone(self.zone)
         with self._out:
             typer.echo(f"{at:%H:%M:%S}  {what}{f' — {why}' if why else ''} — rule {firing.rule_id}")
 
     def sentence(self, firing: Firing, verb: str | None) -> str:
         conversation = f"conversation {firing.conversation_id}"
-        phrases = []
+        phrases: list[str] = []
         for index in sorted(firing.entries):
             subject = "it" if phrases or verb else conversation
             phrases.append(self.phrase(firing.entries[index], subject))
@@ -285,7 +285,7 @@ class Narrator:
         if sent_as == "template":
             return f"sent template {action.get('template')} on {channel} to {subject}"
         if sent_as == "note" or kind == "note":
-            return f'noted "{text}" on {subject}'
+            return f'noted "{text}"' + ("" if subject == "it" else f" on {subject}")
         return f'replied "{text}" on {channel} to {subject}'
 
     def _sent_text(self, entry: LedgerEntry) -> str | None:

@@ -17,7 +17,7 @@ from worker.rules.conditions.sla import SlaCondition
 from worker.rules.conditions.timing import ElapsedCondition
 from worker.rules.context import EvalContext
 from worker.rules.model import Rule, RuleSet
-from worker.rules.nodes import AllNode, Leaf, Node, NotNode
+from worker.rules.nodes import AllNode, AnyNode, Leaf, Node
 from worker.scheduling.planning import Step
 
 TEXT_CHARS = 40
@@ -65,7 +65,7 @@ def rule_action(ruleset: RuleSet, rule_id: str, item_key: str) -> Action | None:
 
 
 def pool_words(ruleset: RuleSet, action: Action | None) -> str | None:
-    """"pool frontline, round robin" for an assign from a pool."""
+    """The pool behind an assign, e.g. "pool frontline, round robin"."""
     if not isinstance(action, AssignAction) or action.pool is None:
         return None
     pool = ruleset.pools.get(action.pool)
@@ -115,11 +115,9 @@ def positive_leaves(node: Node) -> Iterator[Leaf]:
     """The leaves that must hold for the rule to match (not those under a `not`)."""
     if isinstance(node, Leaf):
         yield node
-    elif isinstance(node, AllNode):  # any_of too: one of its children held
+    elif isinstance(node, AllNode) and not isinstance(node, AnyNode):  # any_of: maybe not this one
         for child in node.children:
             yield from positive_leaves(child)
-    elif not isinstance(node, NotNode):
-        return
 
 
 def why_words(rule: Rule, ctx: EvalContext) -> list[str]:
@@ -162,8 +160,9 @@ def _short_what(what: str) -> str:
 
 
 def firing_verb(rule: Rule) -> str | None:
-    """"escalated" / "warned on" for SLA tiers; None: the actions speak for themselves."""
-    shares = [leaf.cond.elapsed_share for leaf in positive_leaves(rule.when) if isinstance(leaf.cond, SlaCondition)]
+    """The verb for SLA tiers ("escalated", "warned on"); None: the actions speak for themselves."""
+    leaves = positive_leaves(rule.when)
+    shares = [leaf.cond.elapsed_share for leaf in leaves if isinstance(leaf.cond, SlaCondition)]
     if not shares:
         return None
     return "escalated" if max(shares) >= 1 else "warned on"
