@@ -8,7 +8,6 @@ record does not change (record-only conditions never change on their own).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -100,16 +99,6 @@ def listing(values: Iterable[object], joiner: str = "or") -> str:
 def as_list(value: Any) -> Any:
     """Let a single value stand for a one-item list."""
     return value if isinstance(value, list) else [value]
-
-
-def regex_compiles(value: str | None) -> str | None:
-    """Field validator: a regex that does not compile is a load-time error, never a run-time one."""
-    if value is not None:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"regex does not compile: {exc}") from None
-    return value
 
 
 CONDITIONS: Registry[type[Condition]] = Registry("condition")

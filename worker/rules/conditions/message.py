@@ -7,8 +7,9 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from worker.rules.conditions.base import CONDITIONS, Condition, as_list, listing, regex_compiles
+from worker.rules.conditions.base import CONDITIONS, Condition, as_list, listing
 from worker.rules.context import EvalContext
+from worker.rules.regex import UserRegex, regex_compiles
 
 
 @CONDITIONS.register("message_text")
@@ -21,7 +22,10 @@ class MessageTextCondition(Condition):
     keywords: list[str] | None = Field(default=None, min_length=1, description="Any of these words")
     regex: str | None = None
     case_sensitive: bool = False
-    _pattern: re.Pattern[str] | None = PrivateAttr(default=None)
+    # Keywords are escaped literals (no nested repetition, so no runaway backtracking) and keep
+    # Python's Unicode word boundaries; the author's regex runs on RE2 (worker/rules/regex.py).
+    _keywords: re.Pattern[str] | None = PrivateAttr(default=None)
+    _regex: UserRegex | None = PrivateAttr(default=None)
 
     _as_list = field_validator("keywords", mode="before")(as_list)
 
@@ -34,11 +38,11 @@ class MessageTextCondition(Condition):
         return self
 
     def model_post_init(self, _: Any) -> None:
-        flags = 0 if self.case_sensitive else re.IGNORECASE
-        parts = [rf"\b{re.escape(k)}\b" for k in self.keywords or ()]
+        if self.keywords:
+            flags = 0 if self.case_sensitive else re.IGNORECASE
+            self._keywords = re.compile("|".join(rf"\b{re.escape(k)}\b" for k in self.keywords), flags)
         if self.regex is not None:
-            parts.append(f"(?:{self.regex})")
-        self._pattern = re.compile("|".join(parts), flags)
+            self._regex = UserRegex(self.regex, case_sensitive=self.case_sensitive)
 
     def label(self) -> str:
         bits = []
@@ -56,6 +60,9 @@ class MessageTextCondition(Condition):
 
     def test(self, ctx: EvalContext) -> bool:
         last = ctx.last_inbound_message()
-        if last is None or not last.message_text or self._pattern is None:
+        if last is None or not last.message_text:
             return False
-        return self._pattern.search(last.message_text) is not None
+        text = last.message_text
+        if self._keywords is not None and self._keywords.search(text) is not None:
+            return True
+        return self._regex is not None and self._regex.search(text)

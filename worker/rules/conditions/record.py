@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from worker.api.models import Channel
-from worker.rules.conditions.base import CONDITIONS, Condition, as_list, listing, regex_compiles
+from worker.rules.conditions.base import CONDITIONS, Condition, as_list, listing
 from worker.rules.context import EvalContext
+from worker.rules.regex import UserRegex, regex_compiles
 
 
 class _OneOfCondition(Condition):
@@ -237,7 +237,7 @@ class ContactCondition(Condition):
     equals: str | int | bool | None = None
     regex: str | None = None
     set: bool | None = None
-    _pattern: re.Pattern[str] | None = PrivateAttr(default=None)
+    _pattern: UserRegex | None = PrivateAttr(default=None)
 
     _regex_ok = field_validator("regex")(regex_compiles)
 
@@ -248,7 +248,7 @@ class ContactCondition(Condition):
         return self
 
     def model_post_init(self, _: Any) -> None:
-        self._pattern = re.compile(self.regex) if self.regex is not None else None
+        self._pattern = UserRegex(self.regex) if self.regex is not None else None
 
     def label(self) -> str:
         if self.regex is not None:
@@ -271,7 +271,7 @@ class ContactCondition(Condition):
         if value is None:
             return False
         if self._pattern is not None:
-            return self._pattern.search(str(value)) is not None
+            return self._pattern.search(str(value))
         return bool(value == self.equals)
 
 
