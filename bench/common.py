@@ -32,8 +32,8 @@ import redis
 from worker.clock import Clock, FakeClock
 from worker.config import load_settings
 from worker.logs import configure_logging
+from worker.rules.firing import Step
 from worker.runtime import Runtime
-from worker.scheduling.planning import Step
 from worker.scheduling.tick import Loop
 from worker.simulator.server import serve
 from worker.simulator.simulator import Simulator

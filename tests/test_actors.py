@@ -16,11 +16,11 @@ from dramatiq.brokers.stub import StubBroker
 
 from tests.e2e._exec_helpers import applied_posts, flush_redis, plan_and_claim, posts, runtime_on
 from worker.api.services import AUTOMATION_EXECUTIONS, BULK_ACTIONS, SEND_PATHS
-from worker.queue.actors import QUEUE, Actors, declare_actors, on_dead_letter
-from worker.queue.broker import build_broker, list_dead_letters
-from worker.queue.middleware import DeadLetterNotice
-from worker.runtime import Runtime, set_runtime
-from worker.scheduling.planning import Item, Step
+from worker.queue.actors import QUEUE, Actors, declare_actors
+from worker.queue.broker import build_broker
+from worker.queue.dead_letters import list_dead_letters, record_dead_letter
+from worker.rules.firing import Item, Step
+from worker.runtime import Runtime
 from worker.simulator.testing import SimulatorHandle
 
 JOIN_TIMEOUT_MS = 30_000
@@ -74,13 +74,7 @@ def start(simulator: SimulatorHandle, redis_url: str) -> Iterator[Start]:
 
         def build(rules: str, *, max_retries: int | None = None) -> Harness:
             runtime = stack.enter_context(runtime_on(simulator, redis_url, rules))
-            set_runtime(runtime)
-            stack.callback(set_runtime, None)
-            broker = build_broker(
-                runtime.settings,
-                extra_middleware=[DeadLetterNotice(on_dead_letter=on_dead_letter)],
-                set_global=False,
-            )
+            broker = build_broker(runtime.settings, runtime=runtime, set_global=False)
             stack.callback(broker.close)
             options = {} if max_retries is None else {"max_retries": max_retries}
             actors = declare_actors(broker, **options)
@@ -194,7 +188,7 @@ def test_enqueue_picks_the_actor_and_carries_the_firing_keys() -> None:
     broker.close()
 
 
-def _proxy(step: Step, exception: BaseException | None) -> MessageProxy:
+def _proxy(step: Step) -> MessageProxy:
     message: dramatiq.Message[None] = dramatiq.Message(
         queue_name=QUEUE,
         actor_name="send_reply",
@@ -202,10 +196,7 @@ def _proxy(step: Step, exception: BaseException | None) -> MessageProxy:
         kwargs={"firing_keys": [i.key for i in step.items]},
         options={},
     )
-    proxy = MessageProxy(message)
-    if exception is not None:
-        proxy.stuff_exception(exception)
-    return proxy
+    return MessageProxy(message)
 
 
 def test_dead_letter_callback_fails_errors_but_leaves_age_drops_for_redrive(
@@ -215,8 +206,9 @@ def test_dead_letter_callback_fails_errors_but_leaves_age_drops_for_redrive(
     first, second = (
         step for conv in customers_waiting(simulator, 2) for step in plan_and_claim(harness.runtime, [conv])
     )
-    on_dead_letter(_proxy(first, RuntimeError("boom")))
-    on_dead_letter(_proxy(second, None))  # AgeLimit: no error, the message just waited too long
+    on_dead_letter = record_dead_letter(harness.runtime.ledger)
+    on_dead_letter(_proxy(first), RuntimeError("boom"))
+    on_dead_letter(_proxy(second), None)  # AgeLimit: no error, the message just waited too long
     failed = harness.runtime.ledger.get(first.items[0].key)
     pending = harness.runtime.ledger.get(second.items[0].key)
     assert failed is not None and (failed.state, failed.reason) == ("failed", "dead_lettered")

@@ -22,9 +22,9 @@ from tests.e2e._exec_helpers import flush_redis
 from worker.api.errors import MalformedResponse
 from worker.logs import configure_logging
 from worker.rules.book import Rulebook
+from worker.rules.firing import Step
 from worker.rules.loader import load_texts
 from worker.runtime import Runtime
-from worker.scheduling.planning import Step
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
 from worker.state.lease import LeaderLease

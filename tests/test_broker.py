@@ -16,13 +16,8 @@ from dramatiq.middleware import AgeLimit, Retries, TimeLimit
 from worker.config import Settings
 from worker.logs import register_secret
 from worker.queue import broker as broker_mod
-from worker.queue.broker import (
-    DeadLetter,
-    build_broker,
-    drop_dead_letter,
-    list_dead_letters,
-    retry_dead_letter,
-)
+from worker.queue.broker import build_broker
+from worker.queue.dead_letters import DeadLetter, drop_dead_letter, list_dead_letters, retry_dead_letter
 from worker.queue.middleware import DeadLetterNotice, LogContext
 
 AMQP_URL = os.environ.get("AMQP_URL", "")
@@ -233,7 +228,7 @@ def test_throws_goes_straight_to_dead_letters(redis_broker: dramatiq.Broker) -> 
     queue = unique("q")
     calls: list[int] = []
     noticed: list[str] = []
-    redis_broker.add_middleware(DeadLetterNotice(on_dead_letter=lambda m: noticed.append(m.message_id)))
+    redis_broker.add_middleware(DeadLetterNotice(on_dead_letter=lambda m, _: noticed.append(m.message_id)))
 
     class Unprocessable(Exception):
         pass

@@ -11,11 +11,12 @@ from typer.testing import CliRunner
 
 from tests.e2e._exec_helpers import flush_redis
 from worker.cli import app
-from worker.cli.deadletters import item_keys, retry
 from worker.clock import FakeClock
 from worker.config import Settings
 from worker.queue.actors import QUEUE, Actors, declare_actors
-from worker.queue.broker import build_broker, list_dead_letters
+from worker.queue.broker import build_broker
+from worker.queue.dead_letters import item_keys, list_dead_letters
+from worker.queue.dead_letters import reopen_and_retry as retry
 from worker.state.ledger import Ledger
 from worker.state.redis_conn import connect
 

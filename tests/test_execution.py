@@ -19,10 +19,12 @@ from tests.e2e._exec_helpers import applied_posts, flush_redis, plan_and_claim, 
 from worker.api.errors import GeneralError, TransportError, Unavailable
 from worker.api.services import BULK_ACTIONS, SEND_PATHS
 from worker.clock import FakeClock
-from worker.execution.execute import EXEC_LOCK_PREFIX, execute, idempotency_key
+from worker.execution.execute import execute
+from worker.execution.runs import idempotency_key
+from worker.rules.firing import Step
 from worker.runtime import Runtime
-from worker.scheduling.planning import Step
 from worker.simulator.testing import SimulatorHandle
+from worker.state.locks import EXEC_LOCK_PREFIX
 
 WA_SEND = SEND_PATHS["whatsapp"]
 EXECUTIONS = "/automations-executions"

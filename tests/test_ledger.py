@@ -6,13 +6,12 @@ from datetime import timedelta
 import redis
 
 from worker.clock import FakeClock
+from worker.rules.firing import firing_key, split_firing_key
 from worker.state.ledger import (
     AUDIT_STREAM,
     ENTRY_PREFIX,
     Ledger,
-    firing_key,
     read_audit,
-    split_firing_key,
 )
 
 TTL_S = 3600

@@ -29,12 +29,12 @@ from worker.clock import FakeClock
 from worker.config import load_settings
 from worker.logs import configure_logging
 from worker.metrics import REGISTRY
-from worker.queue.actors import QUEUE, declare_actors, on_dead_letter
-from worker.queue.broker import build_broker, list_dead_letters
-from worker.queue.middleware import DeadLetterNotice
+from worker.queue.actors import QUEUE, declare_actors
+from worker.queue.broker import build_broker
+from worker.queue.dead_letters import list_dead_letters
 from worker.rules.book import Rulebook
 from worker.rules.loader import load_texts
-from worker.runtime import Runtime, set_runtime
+from worker.runtime import Runtime
 from worker.simulator.testing import SimulatorHandle, served_simulator
 
 TOKEN = "SECRET-tok-7d3a91c2e5f04b"
@@ -109,9 +109,7 @@ def runtime(served: SimulatorHandle, redis_url: str) -> Iterator[Runtime]:
     built = Runtime.build(
         settings, clock=served.clock, transport=LeakyUpstream(), rulebook=Rulebook.of(ruleset)
     )
-    set_runtime(built)
     yield built
-    set_runtime(None)
     built.close()
 
 
@@ -151,11 +149,7 @@ def test_the_token_leaks_nowhere_on_the_worst_paths(
 
     # Actions: a 500 retried by dramatiq until dead-lettered, a 400 failed with its reason.
     with ExitStack() as stack:
-        broker = build_broker(
-            runtime.settings,
-            extra_middleware=[DeadLetterNotice(on_dead_letter=on_dead_letter)],
-            set_global=False,
-        )
+        broker = build_broker(runtime.settings, runtime=runtime, set_global=False)
         stack.callback(broker.close)
         actors = declare_actors(broker, max_retries=1)
         worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)

@@ -19,11 +19,10 @@ from worker.clock import Clock
 from worker.config import Settings
 from worker.health import HealthServer
 from worker.logs import get_logger
-from worker.queue.actors import QUEUE, Actors, declare_actors, on_dead_letter
+from worker.queue.actors import QUEUE, Actors, declare_actors
 from worker.queue.broker import build_broker
-from worker.queue.middleware import DeadLetterNotice
 from worker.rules.book import Rulebook
-from worker.runtime import Runtime, set_runtime
+from worker.runtime import Runtime
 from worker.scheduling.scheduler import SchedulerService
 from worker.scheduling.tick import Loop
 
@@ -69,8 +68,7 @@ class App:
         runtime = Runtime.build(
             settings, clock=clock, transport=transport, rulebook=rulebook, redrive_after_s=redrive_after_s
         )
-        set_runtime(runtime)
-        broker = build_broker(settings, extra_middleware=[DeadLetterNotice(on_dead_letter=on_dead_letter)])
+        broker = build_broker(settings, runtime=runtime)
         return cls(runtime, broker, declare_actors(broker))
 
     def loop(self) -> Loop:
@@ -114,4 +112,3 @@ class App:
     def close(self) -> None:
         self.broker.close()
         self.runtime.close()
-        set_runtime(None)

@@ -1,12 +1,12 @@
 """The runtime: every long-lived object a process needs, built once from settings.
 
-The scheduler and the actors both work from a `Runtime`; tests build one with a
+The scheduler and the actors both work from a `Runtime` (actors get theirs from the
+broker's `RuntimeProvider` middleware); tests build one with a
 fake clock and a transport pointed at the simulator. Nothing here holds logic.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,20 +73,3 @@ class Runtime:
 
     def close(self) -> None:
         self.api.client.close()
-
-
-_current: Runtime | None = None
-_current_lock = threading.Lock()
-
-
-def set_runtime(runtime: Runtime | None) -> None:
-    """Install the runtime the actors of this process use."""
-    global _current
-    with _current_lock:
-        _current = runtime
-
-
-def get_runtime() -> Runtime:
-    if _current is None:
-        raise RuntimeError("no runtime installed: call worker.runtime.set_runtime() at start-up")
-    return _current

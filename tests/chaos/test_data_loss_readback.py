@@ -17,8 +17,8 @@ import pytest
 from tests.e2e._exec_helpers import applied_posts, flush_redis, plan_and_claim, runtime_on
 from worker.api.services import SEND_PATHS
 from worker.execution.execute import execute
+from worker.rules.firing import Step
 from worker.runtime import Runtime
-from worker.scheduling.planning import Step
 from worker.simulator.testing import SimulatorHandle
 
 WEBCHAT_SEND = SEND_PATHS["webchat"]

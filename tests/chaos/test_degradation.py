@@ -30,8 +30,8 @@ from worker.api.services import SEND_PATHS
 from worker.clock import FakeClock
 from worker.execution.execute import execute
 from worker.queue.actors import left_for_redrive
+from worker.rules.firing import Step
 from worker.runtime import Runtime
-from worker.scheduling.planning import Step
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
 from worker.state.api_pause import FAILURE_THRESHOLD, PAUSE_KEY, SharedPause

@@ -16,10 +16,11 @@ from dramatiq.errors import Retry
 
 from tests.e2e._exec_helpers import applied_posts, flush_redis, plan_and_claim, runtime_on
 from worker.api.services import SEND_PATHS
-from worker.execution.execute import BUSY_RETRY_MS, EXEC_LOCK_PREFIX, EXEC_LOCK_TTL_MS, busy_retry_ms, execute
-from worker.queue.broker import MAX_RETRIES
+from worker.execution.execute import execute
+from worker.execution.policy import EXEC_LOCK_TTL_MS, MAX_RETRIES
 from worker.runtime import Runtime
 from worker.simulator.testing import SimulatorHandle
+from worker.state.locks import BUSY_RETRY_MS, EXEC_LOCK_PREFIX, busy_retry_ms
 
 ACK = """
 rules:
@@ -75,6 +76,6 @@ def test_retries_outlast_a_dead_holders_lock(redis_client: redis.Redis) -> None:
     elapsed_ms, retries = 0, 0
     while elapsed_ms < EXEC_LOCK_TTL_MS:
         redis_client.set("lock", "dead", px=EXEC_LOCK_TTL_MS - elapsed_ms)
-        elapsed_ms += busy_retry_ms(redis_client, "lock")
+        elapsed_ms += busy_retry_ms(redis_client, "lock", EXEC_LOCK_TTL_MS)
         retries += 1
     assert retries <= MAX_RETRIES - 2  # room left for ordinary errors

@@ -12,9 +12,10 @@ import redis
 from worker.clock import Clock
 from worker.rules.book import Rulebook
 from worker.rules.evaluator import Snapshot, evaluate
+from worker.rules.firing import Step
 from worker.rules.loader import load_texts
 from worker.runtime import Runtime
-from worker.scheduling.planning import PlanContext, Step, plan
+from worker.scheduling.planning import PlanContext, plan
 from worker.simulator.audit import AuditEntry
 from worker.simulator.testing import SimulatorHandle
 from worker.state.redis_conn import embedded_server

@@ -10,8 +10,8 @@ import fakeredis
 import httpx
 import pytest
 
+from worker.rules.firing import Step
 from worker.runtime import Runtime
-from worker.scheduling.planning import Step
 from worker.simulator.testing import SimulatorHandle
 from worker.state.redis_conn import embedded_server
 

@@ -9,8 +9,8 @@ from datetime import timedelta
 from tests.e2e.conftest import CountingTransport, RuntimeFactory
 from tests.scenarios.routing_properties import bot_assignments
 from worker.execution.execute import execute
+from worker.rules.firing import Step
 from worker.runtime import Runtime
-from worker.scheduling.planning import Step
 from worker.scheduling.router import Router
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle

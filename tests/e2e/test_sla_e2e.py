@@ -11,8 +11,8 @@ from typing import Any
 from tests.e2e.conftest import RuntimeFactory
 from worker.clock import FakeClock
 from worker.execution.execute import execute
+from worker.rules.firing import Step
 from worker.runtime import Runtime
-from worker.scheduling.planning import Step
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
 from worker.state.lease import LeaderLease

@@ -27,9 +27,9 @@ from tests.scenarios.traffic import Event
 from worker.config import load_settings
 from worker.execution.execute import execute
 from worker.rules.book import Rulebook
+from worker.rules.firing import Step
 from worker.rules.loader import load_rules
 from worker.runtime import Runtime
-from worker.scheduling.planning import Step
 from worker.scheduling.tick import Loop
 from worker.simulator.errors import FeathersError
 from worker.simulator.testing import SimulatorHandle

@@ -21,15 +21,8 @@ import typer
 from worker.cli import app
 from worker.cli.common import settings_or_exit
 from worker.clock import SystemClock
-from worker.queue.actors import _item_keys  # the one reading of a message's ledger keys
-from worker.queue.broker import (
-    AMQP_SCHEMES,
-    DeadLetter,
-    build_broker,
-    drop_dead_letter,
-    list_dead_letters,
-    retry_dead_letter,
-)
+from worker.queue.broker import AMQP_SCHEMES, build_broker
+from worker.queue.dead_letters import drop_dead_letter, item_keys, list_dead_letters, reopen_and_retry
 from worker.state.ledger import Ledger
 from worker.state.redis_conn import connect
 
@@ -37,21 +30,6 @@ dead_letters_app = typer.Typer(help="List, retry or drop dead-lettered queue mes
 app.add_typer(dead_letters_app, name="dead-letters")
 
 QUEUE_HELP = "Only this queue (default: every queue with dead letters)"
-
-
-def item_keys(letter: DeadLetter) -> list[str]:
-    """The ledger keys a dead letter's step carries (its items, else its `firing_keys`)."""
-    return _item_keys(letter)  # type: ignore[arg-type]  # reads only .args and .kwargs
-
-
-def retry(broker: dramatiq.Broker, ledger: Ledger, dead_letter_id: str, queue: str | None = None) -> bool:
-    """Reopen the letter's firings in the ledger, then re-enqueue it; False when no such id."""
-    letter = next((d for d in list_dead_letters(broker, queue) if d.id == dead_letter_id), None)
-    if letter is None:
-        return False
-    for key in item_keys(letter):
-        ledger.reopen(key)
-    return retry_dead_letter(broker, dead_letter_id, letter.queue)
 
 
 @contextmanager
@@ -102,7 +80,7 @@ def retry_cmd(
 ) -> None:
     """Re-enqueue dead letters with fresh retries; their firings go back to pending first."""
     with _broker_and_ledger() as (broker, ledger):
-        missing = [i for i in ids if not retry(broker, ledger, i, queue)]
+        missing = [i for i in ids if not reopen_and_retry(broker, ledger, i, queue)]
     _report(len(ids) - len(missing), "retried", missing)
 
 

@@ -13,7 +13,7 @@ from worker.cli import app
 from worker.cli.common import rulebook_or_exit, settings_or_exit
 from worker.clock import SystemClock
 from worker.rules.evaluator import Evaluation
-from worker.scheduling.planning import Step, item_key
+from worker.rules.firing import Step, item_key
 from worker.state.ledger import Ledger
 from worker.state.redis_conn import connect
 from worker.state.sla_pauses import SlaPauses
@@ -116,7 +116,7 @@ def _fired_before(shared: redis.Redis, ttl_s: int, evaluation: Evaluation) -> li
     ledger = Ledger(shared, SystemClock(), ttl_s=ttl_s)
     found = []
     for match in evaluation.matches:
-        entry = ledger.get(item_key(match, 0))
+        entry = ledger.get(item_key(match.firing_key, 0))
         if entry is not None:
             at = entry.updated_at.isoformat()
             found.append({"rule": match.rule_id, "key": match.firing_key, "state": entry.state, "at": at})

@@ -1,4 +1,4 @@
-"""dramatiq middleware of our own: log context per message, and dead-letter notice.
+"""dramatiq middleware of our own: log context per message, dead-letter notice, the runtime.
 
 Worker threads live for the whole process, and structlog's contextvars live
 with the thread: without a clear at the start *and* end of every message, one
@@ -7,6 +7,7 @@ firing's key would leak into the next message's log lines.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from dramatiq.middleware import Middleware
 
 from worker.logs import get_logger, scrub
 from worker.metrics import DEAD_LETTERS
+from worker.runtime import Runtime
 
 log = get_logger(__name__)
 
@@ -74,7 +76,8 @@ def describe_error(exception: BaseException | None) -> str:
     return scrub(f"{type(exception).__name__}: {exception}")[:MAX_ERROR_CHARS]
 
 
-DeadLetterCallback = Callable[[MessageProxy], None]
+DeadLetterCallback = Callable[[MessageProxy, BaseException | None], None]
+"""on_dead_letter(message, last error): the error is None when AgeLimit dropped the message."""
 
 
 class DeadLetterNotice(Middleware):
@@ -87,10 +90,33 @@ class DeadLetterNotice(Middleware):
 
     def __init__(self, on_dead_letter: DeadLetterCallback | None = None) -> None:
         self.on_dead_letter = on_dead_letter
+        # message id -> the last attempt's error, until the message is acked or nacked
+        self._errors: dict[str, BaseException] = {}
+        self._lock = threading.Lock()
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        with self._lock:
+            if exception is None:
+                self._errors.pop(message.message_id, None)
+            else:
+                self._errors[message.message_id] = exception
+
+    def after_ack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        with self._lock:
+            self._errors.pop(message.message_id, None)
 
     def after_nack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        with self._lock:
+            exception = self._errors.pop(message.message_id, None)
         DEAD_LETTERS.labels(actor=message.actor_name).inc()
-        error = describe_error(message._exception)
+        error = describe_error(exception)
         log.warning(
             "message_dead_lettered",
             message_id=message.message_id,
@@ -104,4 +130,18 @@ class DeadLetterNotice(Middleware):
             key = DEAD_LETTER_ERROR_PREFIX + str(redis_id)
             broker.client.set(key, error, px=broker.dead_message_ttl)
         if self.on_dead_letter is not None:
-            self.on_dead_letter(message)
+            self.on_dead_letter(message, exception)
+
+
+class RuntimeProvider(Middleware):
+    """Hands this process's runtime to the actors of its broker (`runtime_of`), with no global."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+
+def runtime_of(broker: dramatiq.Broker) -> Runtime:
+    for middleware in broker.middleware:
+        if isinstance(middleware, RuntimeProvider):
+            return middleware.runtime
+    raise RuntimeError("this broker has no runtime: build it with build_broker(settings, runtime=...)")

@@ -4,37 +4,21 @@ Pure and deterministic: no I/O, no clock, no randomness. The hot path runs each
 rule's precompiled predicate; reasons are built only for matches (and for every
 rule when `explain=True`).
 
-Firing keys (the loop's ledger uses them as-is) are
-``f"{rule_id}:{conversation_id}:{situation}"`` where the situation comes from
-the rule's `once`:
-
-- ``per_conversation``    -> ``c``
-- ``per_inbound_message`` -> ``in:<last_inbound_at, UTC ISO 8601>`` (or ``in:msg:<id>`` of the
-  last inbound message when the record has no `last_inbound_at` but messages are loaded)
-- ``per_stage_entry``     -> ``st:<pipeline_stage_id>:<stage_entered_at ISO>``
-- ``per_assignment``      -> ``as:<owner_id>:<assigned_at ISO>``
-- ``per_response_cycle``  -> ``cy:<start of the open response cycle ISO>`` (the customer message
-  that opened it; `worker/rules/cycles.py`)
-- ``per_team_reply``      -> ``tr:<follow-up anchor ISO>`` (the team reply a follow-up sequence
-  counts from; `worker/rules/cycles.py`)
-
-A missing value is written ``none``. `last_inbound_at` is preferred over the
-message id so the key does not change when a rule set starts or stops loading
-messages.
+Firing keys and the situations `once` names are defined in `worker/rules/firing.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from worker.api.models import Contact, Conversation, Message
 from worker.rules.actions import Action
-from worker.rules.context import EvalContext, iso
-from worker.rules.cycles import followup_anchor, response_cycle_start
-from worker.rules.model import Once, Rule, RuleSet
+from worker.rules.context import EvalContext
+from worker.rules.firing import firing_key_for
+from worker.rules.model import Rule, RuleSet
 from worker.rules.nodes import Reason
 
 
@@ -131,37 +115,6 @@ class Evaluation:
         return min(self.next_due.values(), default=None)
 
 
-def _stage_key(c: Conversation, _: EvalContext) -> str:
-    return f"st:{c.pipeline_stage_id}:{iso(c.stage_entered_at)}"
-
-
-def _assign_key(c: Conversation, _: EvalContext) -> str:
-    owner = "none" if c.owner_id is None else c.owner_id
-    return f"as:{owner}:{iso(c.assigned_at)}"
-
-
-def _inbound_key(c: Conversation, ctx: EvalContext) -> str:
-    if c.last_inbound_at is None and ctx.messages is not None:
-        last = ctx.last_inbound_message()
-        return f"in:msg:{last.id}" if last is not None else "in:none"
-    return f"in:{iso(c.last_inbound_at)}"
-
-
-SITUATIONS: dict[Once, Callable[[Conversation, EvalContext], str]] = {
-    "per_conversation": lambda c, _: "c",
-    "per_inbound_message": _inbound_key,
-    "per_stage_entry": _stage_key,
-    "per_assignment": _assign_key,
-    "per_response_cycle": lambda _, ctx: f"cy:{iso(response_cycle_start(ctx))}",
-    "per_team_reply": lambda _, ctx: f"tr:{iso(followup_anchor(ctx))}",
-}
-
-
-def firing_key(rule: Rule, ctx: EvalContext) -> str:
-    conv = ctx.conv
-    return f"{rule.id}:{conv.id}:{SITUATIONS[rule.once](conv, ctx)}"
-
-
 def _blocked(rule: Rule, ctx: EvalContext, state: EvaluationState) -> str | None:
     header = rule.header
     if header.skip_team_started and ctx.conv.initiated_by == "team":
@@ -216,7 +169,9 @@ def evaluate(
             rule.when.explain(ctx, out)
             reasons = tuple(out)
         if matched and not blocked:
-            matches.append(Match(rule.id, rule.priority, rule.then, firing_key(rule, ctx), reasons))
+            matches.append(
+                Match(rule.id, rule.priority, rule.then, firing_key_for(rule.id, rule.once, ctx), reasons)
+            )
         if blocked:
             blocked_by[rule.id] = blocked
         if explain:

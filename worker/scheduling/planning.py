@@ -27,65 +27,8 @@ from worker.rules.actions import (
     SetStatusAction,
 )
 from worker.rules.evaluator import Match
+from worker.rules.firing import BulkChange, Item, Step, item_key
 from worker.rules.routing import Choice, waiting_order
-
-
-@dataclass(frozen=True)
-class Item:
-    """One action of one firing on one conversation: the unit the ledger tracks."""
-
-    key: str
-    rule_id: str
-    conversation_id: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "rule_id": self.rule_id, "conversation_id": self.conversation_id}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Item:
-        return cls(str(data["key"]), str(data["rule_id"]), int(data["conversation_id"]))
-
-
-@dataclass(frozen=True)
-class BulkChange:
-    """A bulk action and its fields, e.g. ("assign", {"owner_id": 7})."""
-
-    action: str
-    fields: tuple[tuple[str, Any], ...] = ()
-
-    def as_fields(self) -> dict[str, Any]:
-        return dict(self.fields)
-
-
-@dataclass(frozen=True)
-class Step:
-    """One queued message: a bulk change over up to 50 items, or one per-conversation action."""
-
-    kind: str  # "bulk" | "message" | "automation"
-    items: tuple[Item, ...]
-    bulk: BulkChange | None = None
-    action: Mapping[str, Any] = field(default_factory=dict)  # the rule action, as data
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "items": [i.to_dict() for i in self.items],
-            "bulk": None
-            if self.bulk is None
-            else {"action": self.bulk.action, "fields": dict(self.bulk.fields)},
-            "action": dict(self.action),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Step:
-        bulk = data.get("bulk")
-        change = None if not bulk else BulkChange(bulk["action"], tuple(sorted(bulk["fields"].items())))
-        items = tuple(Item.from_dict(i) for i in data["items"])
-        return cls(str(data["kind"]), items, change, dict(data.get("action") or {}))
-
-    def single(self, item: Item) -> Step:
-        """This step narrowed to one item (what the ledger stores for a re-drive)."""
-        return Step(self.kind, (item,), self.bulk, self.action)
 
 
 class PoolResolver(Protocol):
@@ -188,10 +131,6 @@ def action_data(action: Action) -> dict[str, Any]:
     return {"type": action.key, **action.model_dump(mode="json", exclude_none=True)}
 
 
-def item_key(match: Match, index: int) -> str:
-    return f"{match.firing_key}#{index}"
-
-
 def plan(matches: Iterable[tuple[int, Match]], ctx: PlanContext) -> list[Step]:
     """Turn (conversation id, match) pairs into steps; bulk changes grouped per 50 ids.
 
@@ -202,7 +141,7 @@ def plan(matches: Iterable[tuple[int, Match]], ctx: PlanContext) -> list[Step]:
     ordered = sorted(matches, key=lambda pair: waiting_order(ctx.conversations.get(pair[0])))
     for conversation_id, match in ordered:
         for index, action in enumerate(match.actions):
-            item = Item(item_key(match, index), match.rule_id, conversation_id)
+            item = Item(item_key(match.firing_key, index), match.rule_id, conversation_id)
             planned = PLANNERS[action.key](action, item, ctx)
             if isinstance(planned, BulkChange):
                 groups.setdefault(planned, []).append(item)

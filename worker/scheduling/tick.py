@@ -27,8 +27,9 @@ from worker.metrics import (
     TIMER_LATENESS_S,
 )
 from worker.rules.evaluator import Evaluation, Match, evaluate
+from worker.rules.firing import Step, item_key
 from worker.runtime import Runtime
-from worker.scheduling.planning import PlanContext, PoolResolver, Step, item_key, plan
+from worker.scheduling.planning import PlanContext, PoolResolver, plan
 from worker.scheduling.poller import Poller
 from worker.scheduling.router import PreviewResolver, Router
 from worker.scheduling.snapshots import read_snapshots
@@ -198,9 +199,13 @@ class Loop:
 
     def _unclaimed(self, pairs: list[tuple[int, Match]]) -> list[tuple[int, Match]]:
         """Matches with at least one action not yet in the ledger (skips known firings cheaply)."""
-        keys = [item_key(m, i) for _, m in pairs for i in range(len(m.actions))]
+        keys = [item_key(m.firing_key, i) for _, m in pairs for i in range(len(m.actions))]
         known = self.runtime.ledger.known(keys)
-        return [(c, m) for c, m in pairs if any(item_key(m, i) not in known for i in range(len(m.actions)))]
+        return [
+            (c, m)
+            for c, m in pairs
+            if any(item_key(m.firing_key, i) not in known for i in range(len(m.actions)))
+        ]
 
     def _plan_and_dispatch(
         self, pairs: list[tuple[int, Match]], conversations: Sequence[Conversation], report: TickReport

@@ -46,6 +46,7 @@ import redis
 from worker.clock import Clock, from_epoch, to_epoch
 from worker.logs import get_logger
 from worker.metrics import LEDGER_DEDUPES
+from worker.rules.firing import split_firing_key
 
 PREFIX = "inboxpilot:"
 ENTRY_PREFIX = f"{PREFIX}ledger:"
@@ -84,19 +85,6 @@ class LedgerEntry:
     redrives: int = 0
     reason: str = ""
     outcome: dict[str, Any] = field(default_factory=dict)
-
-
-def firing_key(rule_id: str, conversation_id: int | str, situation: str) -> str:
-    """The canonical firing key for a rule, a conversation and the situation it answers."""
-    return f"{rule_id}:{conversation_id}:{situation}"
-
-
-def split_firing_key(key: str) -> tuple[str, str]:
-    """(rule_id, conversation_id) of a firing key; empty strings when it has no such parts."""
-    parts = key.split(":", 2)
-    if len(parts) < 2:
-        return key, ""
-    return parts[0], parts[1]
 
 
 _CLAIM = """

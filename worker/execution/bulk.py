@@ -1,0 +1,75 @@
+"""Bulk steps: one `/conversations-bulk-actions` call for every item that still needs it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from worker.api.models import Conversation
+from worker.execution.recheck import Fresh, moot_reason, read_many
+from worker.execution.registry import executor
+from worker.execution.runs import Run, StepError, finish, idempotency_key
+from worker.metrics import RECONCILIATIONS
+from worker.rules.firing import BulkChange, Step
+from worker.runtime import Runtime
+
+# Bulk actions that clear a field send no field of their own.
+CLEARED_FIELDS: dict[str, str] = {"unassign": "owner_id", "unassign_ai_assistant": "ai_assistant_id"}
+
+
+def target_fields(change: BulkChange) -> dict[str, Any]:
+    """The conversation fields a bulk change sets (their names match the record's)."""
+    target = change.as_fields()
+    if change.action in CLEARED_FIELDS:
+        target[CLEARED_FIELDS[change.action]] = None
+    return target
+
+
+def at_target(conversation: Conversation, target: Mapping[str, Any]) -> bool:
+    return all(getattr(conversation, name, None) == value for name, value in target.items())
+
+
+@executor("bulk")
+def execute_bulk(runtime: Runtime, step: Step, runs: list[Run]) -> None:
+    """One bulk call for every item that still needs it; the rest are done, gone or moot."""
+    if step.bulk is None:
+        raise StepError("bulk step without a change")
+    change = step.bulk
+    records = read_many(runtime, [run.item.conversation_id for run in runs])
+    remaining = [run for run in runs if _bulk_needed(runtime, run, records, target_fields(change))]
+    if not remaining:
+        return
+    ids = sorted({run.item.conversation_id for run in remaining})
+    key = idempotency_key(
+        *sorted(run.item.key for run in remaining),
+        change.action,
+        json.dumps(change.as_fields(), sort_keys=True, default=str),
+    )
+    count = runtime.api.bulk.bulk_action(
+        change.action, conversation_ids=ids, idempotency_key=key, **change.as_fields()
+    )
+    for run in remaining:
+        finish(runtime, run, "done", processed_count=count, batch=len(ids))
+
+
+def _bulk_needed(
+    runtime: Runtime, run: Run, records: Mapping[int, Conversation], target: Mapping[str, Any]
+) -> bool:
+    conversation = records.get(run.item.conversation_id)
+    if conversation is None:
+        finish(runtime, run, "skipped", reason="gone: the conversation no longer exists")
+        return False
+    if at_target(conversation, target):
+        # Fields already there: our earlier attempt (or a person) applied it.
+        if run.attempt > 1:
+            RECONCILIATIONS.labels(result="already_applied").inc()
+        finish(runtime, run, "done", already=True)
+        return False
+    if run.attempt > 1:
+        RECONCILIATIONS.labels(result="not_applied").inc()
+    reason = moot_reason(runtime, run, Fresh(runtime, conversation))
+    if reason is not None:
+        finish(runtime, run, "skipped", reason=reason)
+        return False
+    return True

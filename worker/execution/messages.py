@@ -1,0 +1,195 @@
+"""Message steps (reply / note): render, respect the 24-hour window, read back, send once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from jinja2 import TemplateError
+
+from worker.api.errors import NotFound
+from worker.api.models import WINDOWED_CHANNELS, Conversation
+from worker.execution.policy import outcomes
+from worker.execution.recheck import Fresh, moot_reason, read_one
+from worker.execution.registry import executor
+from worker.execution.runs import Run, StepError, finish, idempotency_key
+from worker.metrics import RECONCILIATIONS
+from worker.rules.actions import ACTIONS as ACTION_TYPES
+from worker.rules.actions import NoteAction, ReplyAction
+from worker.rules.context import utc
+from worker.rules.firing import Step, situation_start
+from worker.rules.templates import TemplateRenderError, render, uses_contact
+from worker.runtime import Runtime
+
+WINDOW = timedelta(hours=24)
+# Read-back tolerance between our clock (claimed_at) and the API's (created_at).
+CLOCK_SKEW = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class SendPlan:
+    """What to send: text and type, extra body fields; `skip` set when nothing is sent."""
+
+    text: str = ""
+    message_type: Literal["text", "note", "template"] = "text"
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    skip: str | None = None
+    # Types an earlier attempt may have sent (the window can close between attempts).
+    could_have_sent: frozenset[str] = frozenset()
+
+
+OutsideWindowFn = Callable[[ReplyAction, Conversation, str], SendPlan]
+OUTSIDE_WINDOW: dict[str, OutsideWindowFn] = {
+    "skip": lambda action, conv, text: SendPlan(skip="outside_window: the 24-hour window is closed"),
+    "note": lambda action, conv, text: SendPlan(text, "note"),
+    "template": lambda action, conv, text: (
+        SendPlan(text, "template", {"template_name": action.template})
+        if conv.channel == "whatsapp"
+        else SendPlan(skip=f"outside_window: templates exist on whatsapp only, not {conv.channel}")
+    ),
+}
+FALLBACK_TYPES = {"skip": "text", "note": "note", "template": "template"}
+
+
+def window_closed(conversation: Conversation, now: datetime) -> bool:
+    """Meta's 24-hour customer-service window, for the channels that enforce it."""
+    if conversation.channel not in WINDOWED_CHANNELS:
+        return False
+    last_inbound = utc(conversation.last_inbound_at)
+    return last_inbound is None or now - last_inbound > WINDOW
+
+
+def message_action(data: Mapping[str, Any]) -> ReplyAction | NoteAction:
+    kind = str(data.get("type", ""))
+    if kind not in ("reply", "note"):
+        raise StepError(f"message step with action type {kind!r}")
+    fields = {k: v for k, v in data.items() if k != "type"}
+    try:
+        action = ACTION_TYPES.get(kind).model_validate(fields)
+    except ValueError as exc:
+        raise StepError(f"invalid {kind} action: {exc}") from None
+    assert isinstance(action, ReplyAction | NoteAction)
+    return action
+
+
+def reply_text(runtime: Runtime, action: ReplyAction | NoteAction, fresh: Fresh) -> str:
+    """The final text: a predefined message or the action's template, rendered; never `{{ }}`."""
+    raw = action.text
+    if raw is None and isinstance(action, ReplyAction):
+        raw = _predefined_text(runtime, action.predefined)
+    if raw is None:
+        raise StepError("reply without text or predefined message")
+    # The contact is one more API read per reply: fetch it only when the text uses it.
+    contact = fresh.contact if _may_use_contact(raw) else None
+    text = render(raw, fresh.conversation, contact, _agent(runtime, fresh.conversation))
+    if "{{" in text or "}}" in text or not text.strip():
+        raise TemplateRenderError("rendered text is empty or still holds '{{ }}'")
+    return text
+
+
+def _may_use_contact(text: str) -> bool:
+    try:
+        return uses_contact(text)
+    except TemplateError:  # a broken predefined text: render reports it as a failed firing
+        return True
+
+
+def _predefined_text(runtime: Runtime, ref: int | str | None) -> str:
+    try:
+        found = (
+            runtime.api.predefined.get(ref)
+            if isinstance(ref, int)
+            else runtime.api.predefined.get_by_title(str(ref))
+        )
+    except NotFound:
+        found = None
+    if found is None:
+        raise StepError(f"predefined message {ref!r} not found")
+    return found.message_text
+
+
+def _agent(runtime: Runtime, conversation: Conversation) -> dict[str, Any] | None:
+    if conversation.owner_id is None:
+        return None
+    agent = runtime.rulebook.ruleset.roster.agents.get(conversation.owner_id)
+    return {"id": conversation.owner_id, "name": agent.name if agent else None}
+
+
+def send_plan(runtime: Runtime, action: ReplyAction | NoteAction, fresh: Fresh) -> SendPlan:
+    text = reply_text(runtime, action, fresh)
+    if isinstance(action, NoteAction):
+        return SendPlan(text, "note", could_have_sent=frozenset({"note"}))
+    possible = frozenset({"text", FALLBACK_TYPES[action.outside_window]})
+    if window_closed(fresh.conversation, runtime.clock.now()):
+        plan = OUTSIDE_WINDOW[action.outside_window](action, fresh.conversation, text)
+    else:
+        plan = SendPlan(text, "text")
+    return replace(plan, could_have_sent=possible)
+
+
+BEGINNING = datetime.min.replace(tzinfo=UTC)
+
+
+def read_back_since(runtime: Runtime, run: Run, fresh: Fresh) -> datetime:
+    """The earliest creation time a message of this firing can have.
+
+    From the situation's start rather than the ledger's claim, so that a send
+    made before the ledger lost its data still counts.
+    """
+    rule = runtime.rulebook.ruleset.get(run.item.rule_id)
+    if rule is not None:
+        return utc(situation_start(rule.once, fresh.conversation)) or BEGINNING
+    entry = runtime.ledger.get(run.item.key)
+    return (entry.claimed_at if entry else runtime.clock.now()) - CLOCK_SKEW
+
+
+def already_sent(runtime: Runtime, run: Run, fresh: Fresh, plan: SendPlan) -> bool:
+    """Read-back: is there an outbound message with our text, made since the situation began?"""
+    since = read_back_since(runtime, run, fresh)
+    return any(
+        m.direction == "outbound"
+        and m.message_type in plan.could_have_sent
+        and m.message_text == plan.text
+        and (utc(m.created_at) or since) >= since
+        for m in fresh.messages
+    )
+
+
+@executor("message")
+def execute_message(runtime: Runtime, step: Step, runs: list[Run]) -> None:
+    action = message_action(step.action)
+    for run in runs:
+        with outcomes(runtime, [run]):
+            _send_one(runtime, action, run)
+
+
+def _send_one(runtime: Runtime, action: ReplyAction | NoteAction, run: Run) -> None:
+    fresh = read_one(runtime, run)
+    if fresh is None:
+        return
+    # Every attempt reads back, not only retries: attempt 1 may follow a send the
+    # ledger forgot (Redis restarted without its data). The actor re-reads anyway.
+    plan = send_plan(runtime, action, fresh)
+    if plan.skip is None and already_sent(runtime, run, fresh, plan):
+        RECONCILIATIONS.labels(result="already_applied").inc()
+        finish(runtime, run, "done", reconciled=True, message_type=plan.message_type)
+        return
+    if run.attempt > 1:
+        RECONCILIATIONS.labels(result="not_applied").inc()
+    reason = moot_reason(runtime, run, fresh)
+    if reason is not None:
+        finish(runtime, run, "skipped", reason=reason)
+        return
+    if plan.skip is not None:
+        finish(runtime, run, "skipped", reason=plan.skip)
+        return
+    sent = runtime.api.sends.send_message(
+        fresh.conversation,
+        plan.text,
+        plan.message_type,
+        idempotency_key=idempotency_key(run.item.key),
+        **plan.fields,
+    )
+    finish(runtime, run, "done", message_id=sent.id, message_type=plan.message_type)

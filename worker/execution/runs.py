@@ -1,0 +1,81 @@
+"""Per-item bookkeeping while a step executes: attempts, outcomes, the one log line per outcome."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from worker.api.errors import ApiError
+from worker.logs import get_logger
+from worker.metrics import ACTIONS, FIRINGS
+from worker.rules.firing import Item
+from worker.runtime import Runtime
+
+log = get_logger(__name__)
+
+MAX_REASON_CHARS = 300
+IDEMPOTENCY_PREFIX = "inboxpilot-"
+
+Result = Literal["done", "skipped", "failed"]
+
+
+class StepError(ValueError):
+    """A step that can never be executed (bad action data, unknown kind): fail its items."""
+
+
+@dataclass
+class Run:
+    """One item being executed: its attempt number and whether it has an outcome yet."""
+
+    item: Item
+    attempt: int
+    action: str  # metric / log label: the bulk action, "reply", "note", "run_automation"
+    started: float = field(default_factory=time.perf_counter)
+    finished: bool = False
+    retry_noted: bool = False
+
+    @property
+    def firing_key(self) -> str:
+        return self.item.firing_key
+
+
+def finish(runtime: Runtime, run: Run, result: Result, **detail: Any) -> None:
+    """Record the item's final outcome in the ledger, the metrics and one log line."""
+    if run.finished:
+        return
+    run.finished = True
+    if result == "failed":
+        reason = str(detail.get("reason", "failed"))[:MAX_REASON_CHARS]
+        runtime.ledger.mark_failed(run.item.key, reason)
+    else:
+        runtime.ledger.mark_done(run.item.key, {"result": result, **detail})
+    FIRINGS.labels(rule=run.item.rule_id, outcome=result).inc()
+    ACTIONS.labels(action=run.action, outcome=result).inc()
+    _log_outcome(run, result, detail)
+
+
+def note_retry(run: Run, error: ApiError) -> None:
+    """The item stays pending: log and count the transient failure (dramatiq retries)."""
+    ACTIONS.labels(action=run.action, outcome="retry").inc()
+    _log_outcome(run, "retry", {"error": str(error)[:MAX_REASON_CHARS], "status": error.status})
+
+
+def _log_outcome(run: Run, outcome: str, detail: Mapping[str, Any]) -> None:
+    log.info(
+        "firing_executed",
+        rule=run.item.rule_id,
+        conversation=run.item.conversation_id,
+        action=run.action,
+        key=run.item.key,
+        outcome=outcome,
+        attempt=run.attempt,
+        latency_ms=round((time.perf_counter() - run.started) * 1000, 1),
+        **detail,
+    )
+
+
+def idempotency_key(*parts: str) -> str:
+    return IDEMPOTENCY_PREFIX + hashlib.sha256("\n".join(parts).encode()).hexdigest()
