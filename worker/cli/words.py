@@ -16,9 +16,9 @@ from worker.rules.actions import Action, AssignAction
 from worker.rules.conditions.sla import SlaCondition
 from worker.rules.conditions.timing import ElapsedCondition
 from worker.rules.context import EvalContext
+from worker.rules.firing import Step
 from worker.rules.model import Rule, RuleSet
 from worker.rules.nodes import AllNode, AnyNode, Leaf, Node
-from worker.scheduling.planning import Step
 
 TEXT_CHARS = 40
 # Units for rough durations, largest first: "1d2h", "3m", "45s".
