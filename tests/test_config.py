@@ -26,7 +26,7 @@ def test_defaults_are_valid() -> None:
     ("env", "value", "fragment"),
     [
         ("INBOXPILOT_PAGE_SIZE", "51", "less than or equal to 50"),
-        ("INBOXPILOT_POLL_INTERVAL_S", "0", "greater than 0"),
+        ("INBOXPILOT_POLL_INTERVAL_S", "0", "greater than or equal to 0.05"),
         ("INBOXPILOT_REDIS_URL", "http://x", "must be empty or start with"),
         ("INBOXPILOT_API_URL", "not a url", "URL"),
         ("INBOXPILOT_LOG_LEVEL", "LOUD", "DEBUG"),

@@ -94,7 +94,7 @@ def test_offline_commands(tmp_path: Path) -> None:
     assert [line.split()[1] for line in lines] == ["validate", "schema", "config", "demo"]
     env = clean_env()
     outputs = {line.split()[1]: shell(line, tmp_path, env) for line in lines}
-    assert '"api_token": ""' in outputs["config"]
+    assert re.search(r"^INBOXPILOT_API_TOKEN +\"\" +\(default\)$", outputs["config"], re.M), outputs["config"]
     assert (tmp_path / "inboxpilot-schema.json").read_text().lstrip().startswith("{")
     assert "summary by rule" in outputs["demo"]
 

@@ -12,7 +12,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
 
-from worker.logs import get_logger
+from worker.logs import get_logger, scrub
 from worker.metrics import REGISTRY
 
 ReadinessCheck = Callable[[], tuple[bool, str]]
@@ -49,7 +49,8 @@ class HealthServer:
             except Exception as exc:  # a failing check means "not ready", never a crash
                 ok, detail = False, f"check failed: {type(exc).__name__}"
             ready = ready and ok
-            results[name] = ("ok: " if ok else "failing: ") + detail
+            # Details quote errors, which may quote a URL with its password.
+            results[name] = ("ok: " if ok else "failing: ") + scrub(detail)
         return ready, results
 
     def start(self) -> HealthServer:

@@ -16,6 +16,8 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from worker.redact import mask_url
+
 REDACTED = "[REDACTED]"
 _SENSITIVE_KEYS = {"authorization", "api_token", "token", "password", "secret"}
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\",;]+")
@@ -30,11 +32,11 @@ def register_secret(value: str) -> None:
 
 
 def scrub(text: str) -> str:
-    """Remove registered secrets and bearer tokens from a string."""
+    """Remove registered secrets, bearer tokens and credentials in URLs from a string."""
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return _BEARER.sub(rf"\g<1>{REDACTED}", text)
+    return mask_url(_BEARER.sub(rf"\g<1>{REDACTED}", text))
 
 
 def _scrub_value(key: str, value: Any) -> Any:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from worker.cli import app
-from worker.config import Settings, SettingsError, load_settings
+from worker.config import CONFIG_FILE_ENV, ENV_PREFIX, Settings, SettingsError, load_settings
 from worker.logs import configure_logging
+from worker.redact import url_secrets
 from worker.rules.book import Rulebook
 from worker.rules.errors import RulesInvalid
 
@@ -25,18 +27,33 @@ def settings_or_exit(**overrides: Any) -> Settings:
     configure_logging(
         settings.log_level,
         settings.log_format,
-        secrets=[settings.api_token.get_secret_value()],
+        secrets=[
+            settings.api_token.get_secret_value(),
+            *url_secrets(settings.redis_url),
+            *url_secrets(settings.broker_url),
+        ],
     )
     return settings
 
 
 @app.command("config")
-def show_config() -> None:
-    """Print the effective settings (the token masked) and exit."""
+def show_config(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable: each value with its source"),
+) -> None:
+    """Print the effective settings and where each came from (secrets masked), then exit."""
     import json
 
     settings = settings_or_exit()
-    typer.echo(json.dumps(settings.public_dict(), indent=2))
+    values, sources = settings.public_dict(), settings.sources
+    if as_json:
+        typer.echo(json.dumps({k: {"value": v, "source": sources[k]} for k, v in values.items()}, indent=2))
+        return
+    config_file = os.environ.get(CONFIG_FILE_ENV)
+    width = max(len(ENV_PREFIX + k) for k in values)
+    for key, value in values.items():
+        source = f"file {config_file}" if sources[key] == "file" else sources[key]
+        shown = json.dumps(value) if value == "" else str(value)
+        typer.echo(f"{ENV_PREFIX + key.upper():<{width}}  {shown:<40}  ({source})")
 
 
 def rulebook_or_exit(path: Path) -> Rulebook:

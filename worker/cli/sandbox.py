@@ -38,15 +38,13 @@ def sandbox(
         fault_seed=fault_seed,
     )
     sim.seed(seed, seed=rng_seed)
-    # The token is shown only when it is not the configured secret.
-    shown = accepted if accepted != configured else "<the value of INBOXPILOT_API_TOKEN>"
-    typer.echo(
-        f"inboxpilot sandbox: {seed} conversations on http://{host}:{port} (org {sim.organization_id})"
-    )
+    # Never echo a token: a terminal's scroll-back or a CI log is not a place for one.
+    shown = _token_origin(token, configured)
+    url = f"http://{host}:{port}"
+    typer.echo(f"inboxpilot sandbox: {seed} conversations on {url} (org {sim.organization_id})")
     typer.echo(f"  token: {shown}")
     typer.echo(
-        f"  try: curl -H 'Authorization: Bearer {shown}' "
-        f"'http://{host}:{port}/conversations?$limit=100&status=open'"
+        f"  try: curl -H \"Authorization: Bearer $TOKEN\" '{url}/conversations?$limit=100&status=open'"
     )
     uvicorn.run(sim.app, host=host, port=port, log_level="warning", lifespan="off")
 
@@ -61,3 +59,12 @@ def _faults(error_rate: float, commit_rate: float, rate_limit: float, latency_s:
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def _token_origin(given: str | None, configured: str) -> str:
+    """Where the accepted token comes from, in words; only the public default is shown as is."""
+    if given:
+        return "the value of --token"
+    if configured:
+        return "the value of INBOXPILOT_API_TOKEN"
+    return f"{DEFAULT_TOKEN} (the default)"
