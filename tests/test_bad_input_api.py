@@ -239,7 +239,7 @@ def test_malformed_records_on_a_page_are_skipped(
     transport.rewrite = rewrite
     the_loop.poll_once()
     assert collector.conversations() == {ids[0], ids[3]}
-    assert len(events(logs, "conversation_malformed")) == 2
+    assert len(events(logs, "record_malformed")) == 2
 
 
 @pytest.mark.parametrize("total", [0, 1, 10**9])

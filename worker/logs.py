@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+import threading
+import time
+from collections.abc import Hashable, Iterable, MutableMapping
 from typing import Any
 
 import structlog
@@ -123,3 +125,36 @@ def configure_logging(
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
     logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
     return logger
+
+
+class Throttle:
+    """Lets a log line through at most once per `interval_s` per key.
+
+    A bad record the API serves on every tick would otherwise log every poll
+    interval; one line per key and interval says the same. Keys are forgotten
+    oldest first beyond `max_keys`, so a server inventing new bad records cannot
+    grow memory. Thread-safe.
+    """
+
+    def __init__(self, interval_s: float, *, max_keys: int = 10_000) -> None:
+        self.interval_s = interval_s
+        self._max_keys = max_keys
+        self._last: dict[Hashable, float] = {}
+        self._suppressed: dict[Hashable, int] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: Hashable) -> int | None:
+        """None to stay quiet; else how many lines were suppressed for `key` since the last one."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval_s:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return None
+            self._last.pop(key, None)
+            self._last[key] = now  # re-inserted: newest last, so eviction drops the oldest
+            while len(self._last) > self._max_keys:
+                oldest = next(iter(self._last))
+                del self._last[oldest]
+                self._suppressed.pop(oldest, None)
+            return self._suppressed.pop(key, 0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, TypeVar
@@ -35,9 +35,11 @@ from worker.api.query import encode_query
 from worker.api.ratelimit import TokenBucket
 from worker.clock import Clock, SystemClock
 from worker.config import MAX_PAGE_SIZE, Settings
-from worker.logs import get_logger, register_secret
+from worker.logs import Throttle, get_logger, register_secret
 
 log = get_logger(__name__)
+# A bad record the server sends on every poll is logged once per this interval.
+BAD_RECORD_LOG_INTERVAL_S = 600.0
 
 ResponseHook = Callable[[str, str, int, float], None]
 """on_response(service, method, status, seconds); status 0 means no HTTP answer."""
@@ -111,6 +113,7 @@ class ApiClient:
         self._on_backoff = on_backoff
         self._gate = gate
         self._bucket = TokenBucket(rate_limit_per_s, rate_burst, self._clock)
+        self._bad_records = Throttle(BAD_RECORD_LOG_INTERVAL_S)
         self._http = httpx.Client(
             base_url=self.base_url,
             transport=transport or httpx.HTTPTransport(retries=connect_retries),
@@ -163,14 +166,21 @@ class ApiClient:
     def find_page(self, path: str, query: Mapping[str, Any] | None = None) -> Page:
         """One `find`: the paginated envelope, as the server sent it (it may clamp `$limit`)."""
         body = self.request("GET", path, query=query)
+        items = body.get("data") if isinstance(body, dict) else None
+        objects = [item for item in items if isinstance(item, dict)] if isinstance(items, list) else None
         try:
-            return Page.model_validate(body)
+            page = Page.model_validate(body if objects is None else {**body, "data": objects})
         except ValidationError as exc:
             raise MalformedResponse(
                 f"expected a page {{total, limit, skip, data}}: {_first_error(exc)}",
                 method="GET",
                 path=path,
             ) from None
+        if isinstance(items, list) and objects is not None and len(objects) < len(items):
+            # One `null` must not cost the whole page: skip it, keep paging by what was sent.
+            page._received = len(items)
+            self._note_skipped_items(path, items)
+        return page
 
     def find_all(
         self,
@@ -211,16 +221,16 @@ class ApiClient:
                 # that lies as well, paging on would never end.
                 log.error("page_repeated", path=path, skip=skip, records=len(page.data))
                 return
-            skip += len(page.data)
-            if not page.data or skip >= page.total:
+            skip += page.received
+            if not page.received or skip >= page.total:
                 return
 
     def find_all_as(
         self, model: type[RecordT], path: str, query: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> Iterator[RecordT]:
-        """`find_all`, each record validated into `model`."""
+        """`find_all`, each record validated into `model`; malformed records are skipped (logged)."""
         for record in self.find_all(path, query, **kwargs):
-            yield parse_record(model, record, path)
+            yield from self.parse_records(model, [record], path)
 
     def get(self, path: str, id: int | str, query: Mapping[str, Any] | None = None) -> dict[str, Any]:
         return _expect_object(self.request("GET", _item(path, id), query=query), "GET", path)
@@ -247,6 +257,34 @@ class ApiClient:
 
     def remove(self, path: str, id: int | str, query: Mapping[str, Any] | None = None) -> Any:
         return self.request("DELETE", _item(path, id), query=query)
+
+    # --- records ------------------------------------------------------------------------
+
+    def parse_records(self, model: type[RecordT], records: Iterable[Any], path: str) -> list[RecordT]:
+        """Validate each record; one that does not fit `model` is skipped with a rate-limited log line."""
+        out = []
+        for record in records:
+            try:
+                out.append(model.model_validate(record))
+            except ValidationError as exc:
+                record_id = record.get("id", record.get("_id")) if isinstance(record, dict) else None
+                suppressed = self._bad_records.allow((path, repr(record_id)))
+                if suppressed is not None:
+                    log.error(
+                        "record_malformed",
+                        path=path,
+                        record_id=record_id,
+                        error=_first_error(exc),
+                        suppressed=suppressed,
+                    )
+        return out
+
+    def _note_skipped_items(self, path: str, items: list[Any]) -> None:
+        bad = [item for item in items if not isinstance(item, dict)]
+        suppressed = self._bad_records.allow((path, "non-object items"))
+        if suppressed is not None:
+            kinds = sorted({"null" if item is None else type(item).__name__ for item in bad})
+            log.error("page_item_skipped", path=path, skipped=len(bad), kinds=kinds, suppressed=suppressed)
 
     # --- the request loop -------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 Channel = Literal["whatsapp", "instagram", "messenger", "webchat", "sms", "playground"]
 CHANNELS: tuple[Channel, ...] = ("whatsapp", "instagram", "messenger", "webchat", "sms", "playground")
@@ -80,12 +80,26 @@ class PredefinedMessage(Record):
 
 
 class Page(BaseModel):
-    """Feathers' paginated envelope."""
+    """Feathers' paginated envelope; `data` holds only the items that are JSON objects."""
 
     total: int
     limit: int
     skip: int
     data: list[dict[str, Any]]
+    # Set by the client: items the server sent, objects or not (paging advances by
+    # these), and the server's `Date` when it sent the page.
+    _received: int | None = PrivateAttr(default=None)
+    _served_at: datetime | None = PrivateAttr(default=None)
+
+    @property
+    def received(self) -> int:
+        """How many items the server sent (skipped non-objects included)."""
+        return len(self.data) if self._received is None else self._received
+
+    @property
+    def served_at(self) -> datetime | None:
+        """The server's clock when it answered (its `Date` header), if it said."""
+        return self._served_at
 
 
 class AutomationExecution(Record):

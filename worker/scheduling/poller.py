@@ -7,8 +7,10 @@ already read at exactly that timestamp), so a record updated while we page is
 seen on a later page or the next tick rather than skipped. With nothing changed
 a tick costs one request.
 
-A record that does not parse is reported and skipped: one poisoned conversation
-never stops the poll (the full resync retries it later).
+A record that does not parse, or an item of `data` that is not an object at all
+(`null`), is skipped with one rate-limited log line (`record_malformed`,
+`page_item_skipped`, see `ApiClient`): one poisoned conversation never stops the
+poll (the full resync retries it later).
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-
-from pydantic import ValidationError
 
 from worker.api.client import ApiClient
 from worker.api.models import Conversation
@@ -91,10 +91,12 @@ class Poller:
         page = self._client.find_page(CONVERSATIONS, full)
         PAGES_FETCHED.labels(kind=kind).inc()
         result.pages += 1
-        parsed = [c for c in (_parse(raw, result) for raw in page.data) if c is not None]
-        # The server may clamp $limit: a page is full when it holds what the server says it sends.
-        is_full = len(page.data) >= max(1, min(page.limit, self._page_size))
-        return parsed, len(page.data), is_full
+        parsed = self._client.parse_records(Conversation, page.data, CONVERSATIONS)
+        result.malformed += page.received - len(parsed)
+        # The server may clamp $limit: a page is full when it holds what the server says it sends
+        # (counting items skipped as malformed: paging goes on past them).
+        is_full = page.received >= max(1, min(page.limit, self._page_size))
+        return parsed, page.received, is_full
 
 
 def _repeats(page: list[Conversation], fresh: list[Conversation], kind: str, pages: int) -> bool:
@@ -117,11 +119,3 @@ def _next_bound(page: list[Conversation], since: datetime | None, skip: int) -> 
     at_last = sum(1 for c in page if c.updated_at == last)
     return last, (skip + at_last) if last == since else at_last
 
-
-def _parse(raw: dict[str, Any], result: PollResult) -> Conversation | None:
-    try:
-        return Conversation.model_validate(raw)
-    except ValidationError as exc:
-        result.malformed += 1
-        log.error("conversation_malformed", conversation_id=raw.get("id"), error=str(exc).splitlines()[0])
-        return None

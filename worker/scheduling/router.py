@@ -249,8 +249,8 @@ class Router:
                 if raw.get("id") not in seen and raw.get("owner_id") in loads:
                     seen.add(raw.get("id"))
                     loads[raw["owner_id"]] += 1
-            skip = page.skip + len(page.data)
-            if not page.data or skip >= page.total:
+            skip = page.skip + page.received
+            if not page.received or skip >= page.total:
                 return loads
             page = self._client.find_page(CONVERSATIONS, {**paged, "$limit": per_page, "$skip": skip})
             self._tick.requests += 1
@@ -299,7 +299,8 @@ class Router:
             }
             page = self._client.find_page(CONVERSATIONS, query)
             self._tick.requests += 1
-            found = {c.id: c for c in (Conversation.model_validate(raw) for raw in page.data)}
+            parsed = self._client.parse_records(Conversation, page.data, CONVERSATIONS)
+            found = {c.id: c for c in parsed}
             records = [found[i] for i in ids if i in found and _still_waiting(found[i])]
             stale = [i for i in ids if i not in {r.id for r in records}]
             if stale:

@@ -252,7 +252,7 @@ class Loop:
             chunk = wanted[start : start + MAX_BULK_IDS]
             query = {"id": {"$in": chunk}, "organization_id": client.organization_id, "$limit": MAX_BULK_IDS}
             page = client.find_page(CONVERSATIONS, query)
-            out.extend(Conversation.model_validate(raw) for raw in page.data)
+            out.extend(client.parse_records(Conversation, page.data, CONVERSATIONS))
         return out
 
     def _fencing_token(self) -> Any:
