@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,13 @@ def test_explain_says_when_the_ledger_already_holds_the_firing(
     Loop(make_runtime(RULES), Collector()).poll_once()  # the scheduler claims the firing
     rules = tmp_path / "rules.yaml"  # make_runtime wrote the same rules here
     text = _explain(simulator, rules, redis_url, "-c", str(conv))
-    assert f"ledger: rule 'assign-new' already has this firing (assign-new:{conv}:c): pending" in text
+    headline = re.search(r"rule 'assign-new': (.*)", text)
+    assert headline and re.fullmatch(
+        r"matches - already fired at \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \(still pending\)", headline.group(1)
+    ), text
+    assert "MATCH - fires" not in text and "it does not fire again for this situation" in text
+    assert text.rstrip().endswith(f"history: inboxpilot firings -c {conv}")
     data = json.loads(_explain(simulator, rules, redis_url, "-c", str(conv), "--json"))
     assert [(e["rule"], e["state"]) for e in data["ledger"]] == [("assign-new", "pending")]
+    (rule,) = data["rules"]
+    assert rule["fires"] is False and rule["already_fired_at"].endswith("(still pending)")

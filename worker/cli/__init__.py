@@ -25,6 +25,7 @@ from worker.cli import (  # noqa: E402
     common,  # noqa: F401
     deadletters,  # noqa: F401
     demo,  # noqa: F401
+    firings_cmds,  # noqa: F401
     inspect_cmds,  # noqa: F401
     rules_cmds,  # noqa: F401
     run_cmds,  # noqa: F401

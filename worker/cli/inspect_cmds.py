@@ -63,16 +63,23 @@ def explain(
         SlaPauses(shared).attach(rules.ruleset, [record], now)
     evaluation = evaluate(rules.ruleset, snapshot, now, explain=True)
     history = _fired_before(shared, settings.ledger_ttl_s, evaluation) if shared is not None else []
+    before = {e["rule"]: _fired_words(e) for e in history}
     if as_json:
-        data = json.loads(format_explanation(evaluation, "json"))
+        data = json.loads(format_explanation(evaluation, "json", before))
         typer.echo(json.dumps({**data, "ledger": history}, indent=2))
         return
-    typer.echo(format_explanation(evaluation, "text"))
-    for entry in history:
-        typer.echo(
-            f"\nledger: rule '{entry['rule']}' already has this firing ({entry['key']}): "
-            f"{entry['state']} at {entry['at']}; it will not fire again for this situation"
-        )
+    typer.echo(format_explanation(evaluation, "text", before))
+    typer.echo(f"history: inboxpilot firings -c {conversation}")
+
+
+def _fired_words(entry: dict[str, str]) -> str:
+    """When the firing was recorded, and "(still pending)" or "(failed)" when it is not done."""
+    state = entry["state"]
+    return (
+        entry["at"]
+        if state == "done"
+        else f"{entry['at']} ({'still pending' if state == 'pending' else state})"
+    )
 
 
 @app.command("plan")
@@ -118,7 +125,7 @@ def _fired_before(shared: redis.Redis, ttl_s: int, evaluation: Evaluation) -> li
     for match in evaluation.matches:
         entry = ledger.get(item_key(match.firing_key, 0))
         if entry is not None:
-            at = entry.updated_at.isoformat()
+            at = f"{entry.claimed_at:%Y-%m-%d %H:%M:%S}Z"
             found.append({"rule": match.rule_id, "key": match.firing_key, "state": entry.state, "at": at})
     return found
 

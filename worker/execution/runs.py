@@ -64,7 +64,10 @@ def note_retry(run: Run, error: ApiError) -> None:
 
 
 def _log_outcome(run: Run, outcome: str, detail: Mapping[str, Any]) -> None:
-    log.info(
+    # A failure is final and needs a person (the reason says why): it must not hide among
+    # the info lines. Retries and skips are routine.
+    emit = log.warning if outcome == "failed" else log.info
+    emit(
         "firing_executed",
         rule=run.item.rule_id,
         conversation=run.item.conversation_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from worker.rules.context import iso
@@ -11,7 +12,9 @@ from worker.rules.evaluator import Evaluation, RuleResult
 Format = Literal["text", "json"]
 
 
-def _status(result: RuleResult, fired: set[str]) -> str:
+def _status(result: RuleResult, fired: set[str], before: Mapping[str, str]) -> str:
+    if result.rule_id in before:
+        return f"matches - already fired at {before[result.rule_id]}"
     if result.rule_id in fired:
         return "MATCH - fires"
     if result.matched:
@@ -21,13 +24,13 @@ def _status(result: RuleResult, fired: set[str]) -> str:
     return "no match"
 
 
-def _text(evaluation: Evaluation) -> str:
-    fired = {m.rule_id for m in evaluation.matches}
+def _text(evaluation: Evaluation, before: Mapping[str, str]) -> str:
+    fired = {m.rule_id for m in evaluation.matches} - set(before)
     keys = {m.rule_id: m.firing_key for m in evaluation.matches}
     lines = [f"conversation {evaluation.conversation_id} at {iso(evaluation.now)}"]
     for r in evaluation.results:
         lines.append("")
-        lines.append(f"rule '{r.rule_id}': {_status(r, fired)}")
+        lines.append(f"rule '{r.rule_id}': {_status(r, fired, before)}")
         if r.description:
             lines.append(f"  {r.description}")
         for reason in r.reasons:
@@ -40,6 +43,8 @@ def _text(evaluation: Evaluation) -> str:
             lines.append(f"  {verb}: {label}")
         if r.rule_id in keys:
             lines.append(f"  firing key: {keys[r.rule_id]}")
+        if r.rule_id in before:
+            lines.append("  it does not fire again for this situation")
     for c in evaluation.conflicts:
         lines.append("")
         lines.append(
@@ -48,7 +53,8 @@ def _text(evaluation: Evaluation) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_dict(evaluation: Evaluation) -> dict[str, Any]:
+def to_dict(evaluation: Evaluation, before: Mapping[str, str] | None = None) -> dict[str, Any]:
+    before = before or {}
     fired = {m.rule_id: m.firing_key for m in evaluation.matches}
     return {
         "conversation_id": evaluation.conversation_id,
@@ -58,8 +64,9 @@ def to_dict(evaluation: Evaluation) -> dict[str, Any]:
                 "id": r.rule_id,
                 "description": r.description,
                 "matched": r.matched,
-                "fires": r.rule_id in fired,
+                "fires": r.rule_id in fired and r.rule_id not in before,
                 "firing_key": fired.get(r.rule_id),
+                "already_fired_at": before.get(r.rule_id),
                 "blocked": r.blocked,
                 "next_due": iso(r.next_due) if r.next_due else None,
                 "actions": list(r.actions),
@@ -83,10 +90,17 @@ def to_dict(evaluation: Evaluation) -> dict[str, Any]:
     }
 
 
-def format_explanation(evaluation: Evaluation, fmt: Format = "text") -> str:
-    """Render an `evaluate(..., explain=True)` result for people (text) or tools (json)."""
+def format_explanation(
+    evaluation: Evaluation, fmt: Format = "text", already_fired: Mapping[str, str] | None = None
+) -> str:
+    """Render an `evaluate(..., explain=True)` result for people (text) or tools (json).
+
+    `already_fired`: rule id -> when, for the matches whose firing the worker's ledger
+    already holds (they match, but do not fire again).
+    """
+    before = already_fired or {}
     if fmt == "json":
-        return json.dumps(to_dict(evaluation), indent=2) + "\n"
+        return json.dumps(to_dict(evaluation, before), indent=2) + "\n"
     if fmt == "text":
-        return _text(evaluation)
+        return _text(evaluation, before)
     raise ValueError(f"unknown format {fmt!r} (text or json)")
