@@ -20,8 +20,8 @@ from worker.cli.common import settings_or_exit
 from worker.cli.words import clip, rule_action, step_words
 from worker.rules.durations import DurationError, parse_duration
 from worker.rules.errors import RulesInvalid
+from worker.rules.firing import Step
 from worker.rules.model import RuleSet
-from worker.scheduling.planning import Step
 from worker.state.history import ActionRecord, FiringRecord, HistoryQuery, read_history
 from worker.state.redis_conn import connect
 
