@@ -76,9 +76,18 @@ SITUATIONS: dict[Once, Situation] = {
     ),
 }
 
-_missing = set(get_args(Once)) ^ set(SITUATIONS)
-if _missing:  # a new `once` value must say what its situation is and when it starts
-    raise RuntimeError(f"firing situations out of step with Once: {sorted(_missing)}")
+
+def check_situations(situations: Mapping[str, Situation]) -> None:
+    """Every `once` value must say what its situation is and when it starts (checked at import)."""
+    missing = set(get_args(Once)) ^ set(situations)
+    if missing:
+        raise RuntimeError(f"firing situations out of step with Once: {sorted(missing)}")
+    for once, situation in situations.items():
+        if not (callable(situation.key) and callable(situation.start)):
+            raise RuntimeError(f"situation {once!r} lacks its key or its start time")
+
+
+check_situations(SITUATIONS)
 
 
 def firing_key(rule_id: str, conversation_id: int | str, situation: str) -> str:

@@ -11,6 +11,7 @@ from worker.rules.calendars import CalendarConfig
 from worker.rules.conditions import CONDITIONS, Condition
 from worker.rules.model import RuleHeader
 from worker.rules.routing import AgentConfig, PoolConfig
+from worker.rules.sla import PolicyConfig, TierConfig
 
 SCHEMA_ID = "https://inboxpilot.dev/schema/rules.json"
 Json = dict[str, Any]
@@ -83,8 +84,6 @@ def _action(defs: _Defs) -> Json:
 
 def _sla_policy(defs: _Defs) -> Json:
     """A policy: `applies_to` is a `when`, a tier's `then` is a rule's `then` (worker/rules/sla.py)."""
-    from worker.rules.sla import PolicyConfig, TierConfig
-
     ref = defs.ref(PolicyConfig)
     defs.ref(TierConfig)
     defs.defs["PolicyConfig"]["properties"]["applies_to"] = {"$ref": "#/$defs/when"}

@@ -118,4 +118,3 @@ def _next_bound(page: list[Conversation], since: datetime | None, skip: int) -> 
         return since, skip + len(page)
     at_last = sum(1 for c in page if c.updated_at == last)
     return last, (skip + at_last) if last == since else at_last
-

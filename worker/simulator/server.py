@@ -10,6 +10,8 @@ from typing import Any
 
 import uvicorn
 
+from worker.simulator.app import ConnectionDropped
+
 STARTUP_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 _POLL_S = 0.005
@@ -19,8 +21,6 @@ class _HideInjectedDrops(logging.Filter):
     """A deliberately dropped connection is not a server bug: keep it out of the error log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from worker.simulator.app import ConnectionDropped
-
         exc = record.exc_info[1] if record.exc_info else None
         return not isinstance(exc, ConnectionDropped)
 

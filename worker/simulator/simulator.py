@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from worker.clock import Clock, FakeClock, SystemClock
+from worker.simulator.app import build_app
 from worker.simulator.audit import AuditEntry, AuditLog, IdempotencyCache
 from worker.simulator.errors import Conflict
 from worker.simulator.faults import FaultConfig, FaultInjector
@@ -72,8 +73,6 @@ class Simulator:
     def app(self) -> Starlette:
         """The ASGI app (built once)."""
         if self._app is None:
-            from worker.simulator.app import build_app
-
             self._app = build_app(self)
         return self._app
 

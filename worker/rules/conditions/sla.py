@@ -16,6 +16,7 @@ from worker.rules.conditions.timing import ElapsedCondition
 from worker.rules.context import EvalContext
 from worker.rules.cycles import followup_anchor
 from worker.rules.durations import format_duration
+from worker.rules.sla import cycle_start, deadline, pauses_of
 
 # A tier gated by business hours may still act this long after a deadline that fell
 # right at closing time (a due-timer pops a little late): on time, not "at night".
@@ -58,8 +59,6 @@ class SlaCondition(Condition):
 
     def deadline(self, ctx: EvalContext) -> datetime | None:
         """When this share of the target is used up in the current cycle (None: not running/paused)."""
-        from worker.rules.sla import cycle_start, deadline, pauses_of
-
         policy = self._policy
         if policy is None or self.metric not in policy.targets or not policy.applies_to(ctx):
             return None
