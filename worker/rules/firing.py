@@ -77,7 +77,7 @@ SITUATIONS: dict[Once, Situation] = {
 }
 
 
-def check_situations(situations: Mapping[str, Situation]) -> None:
+def check_situations(situations: Mapping[Once, Situation]) -> None:
     """Every `once` value must say what its situation is and when it starts (checked at import)."""
     missing = set(get_args(Once)) ^ set(situations)
     if missing:
