@@ -19,10 +19,10 @@ import pytest
 import redis
 
 from tests.e2e._exec_helpers import flush_redis
+from tests.support.dispatchers import Collector
 from worker.api.errors import MalformedResponse
 from worker.logs import configure_logging
 from worker.rules.book import Rulebook
-from worker.rules.firing import Step
 from worker.rules.loader import load_texts
 from worker.runtime import Runtime
 from worker.scheduling.tick import Loop
@@ -60,17 +60,6 @@ class Corrupting(httpx.HTTPTransport):
         if new is None:
             return response
         return httpx.Response(response.status_code, headers={"content-type": "application/json"}, content=new)
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.steps: list[Step] = []
-
-    def enqueue(self, step: Step) -> None:
-        self.steps.append(step)
-
-    def conversations(self) -> set[int]:
-        return {item.conversation_id for step in self.steps for item in step.items}
 
 
 @pytest.fixture

@@ -24,13 +24,13 @@ from dramatiq.errors import Retry
 
 from tests.chaos.harness import RedisServer
 from tests.e2e._exec_helpers import applied_posts, flush_redis, plan_and_claim, runtime_on
+from tests.support.dispatchers import Collector
 from worker.api.client import ApiClient
 from worker.api.errors import GeneralError, RateLimited, TransportError
 from worker.api.services import SEND_PATHS
 from worker.clock import FakeClock
 from worker.execution.execute import execute
-from worker.queue.actors import left_for_redrive
-from worker.rules.firing import Step
+from worker.execution.policy import left_for_redrive
 from worker.runtime import Runtime
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
@@ -139,14 +139,6 @@ rules:
     then:
       - note: "waiting {{ conversation.id }}"
 """
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.steps: list[Step] = []
-
-    def enqueue(self, step: Step) -> None:
-        self.steps.append(step)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import fakeredis
 import httpx
 import pytest
 
-from worker.rules.firing import Step
 from worker.runtime import Runtime
 from worker.simulator.testing import SimulatorHandle
 from worker.state.redis_conn import embedded_server
@@ -26,16 +25,6 @@ class CountingTransport(httpx.HTTPTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.requests.append((request.method, request.url.path))
         return super().handle_request(request)
-
-
-class Collector:
-    """A dispatcher that keeps steps instead of queueing them."""
-
-    def __init__(self) -> None:
-        self.steps: list[Step] = []
-
-    def enqueue(self, step: Step) -> None:
-        self.steps.append(step)
 
 
 RuntimeFactory = Callable[..., Runtime]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.e2e.conftest import Collector, RuntimeFactory
+from tests.e2e.conftest import RuntimeFactory
+from tests.support.dispatchers import Collector
 from worker.cli import app
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.e2e.conftest import Collector, RuntimeFactory
+from tests.e2e.conftest import RuntimeFactory
+from tests.support.dispatchers import Collector
 from tests.support.hostile_loop import capture_logs, events
 from worker.cli import app
 from worker.cli.firings_cmds import firing_line

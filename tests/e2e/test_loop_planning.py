@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from tests.e2e.conftest import Collector, CountingTransport, RuntimeFactory
+from tests.e2e.conftest import CountingTransport, RuntimeFactory
+from tests.support.dispatchers import Collector
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
 

@@ -8,9 +8,8 @@ from datetime import timedelta
 
 from tests.e2e.conftest import CountingTransport, RuntimeFactory
 from tests.scenarios.routing_properties import bot_assignments
+from tests.support.dispatchers import Inline
 from worker.execution.execute import execute
-from worker.rules.firing import Step
-from worker.runtime import Runtime
 from worker.scheduling.router import Router
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
@@ -44,20 +43,6 @@ rules:
     then: [{assign: {pool: front}}]
 """
 )
-
-
-class Inline:
-    """Execute each claimed step at once, as an actor would."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.steps: list[Step] = []
-        self.hold = False  # keep steps queued (a slow queue) instead of executing them
-
-    def enqueue(self, step: Step) -> None:
-        self.steps.append(step)
-        if not self.hold:
-            execute(self.runtime, step)
 
 
 def _loop(

@@ -13,7 +13,6 @@ from datetime import timedelta
 import pytest
 
 from tests.e2e.conftest import RuntimeFactory
-from tests.e2e.test_routing import Inline
 from tests.scenarios.routing_properties import (
     Assignment,
     TickView,
@@ -26,6 +25,7 @@ from tests.scenarios.routing_properties import (
     round_robin_fair,
     waiting_unassigned,
 )
+from tests.support.dispatchers import Inline
 from worker.api.models import Conversation
 from worker.rules.routing import waiting_since
 from worker.scheduling.tick import Loop

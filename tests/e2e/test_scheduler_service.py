@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tests.e2e.conftest import Collector, RuntimeFactory
+from tests.e2e.conftest import RuntimeFactory
+from tests.support.dispatchers import Collector
 from worker.logs import configure_logging
 from worker.scheduling.scheduler import SchedulerService
 from worker.scheduling.tick import Loop

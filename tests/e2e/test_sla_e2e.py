@@ -9,10 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests.e2e.conftest import RuntimeFactory
+from tests.support.dispatchers import Inline
 from worker.clock import FakeClock
-from worker.execution.execute import execute
-from worker.rules.firing import Step
-from worker.runtime import Runtime
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
 from worker.state.lease import LeaderLease
@@ -40,16 +38,6 @@ sla_policies:
 """
 WED_10_BERLIN = datetime(2026, 3, 4, 9, 0, tzinfo=UTC)
 TOLERANCE = timedelta(seconds=2)
-
-
-class Inline:
-    """Executes each claimed step at once, as a worker would."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-
-    def enqueue(self, step: Step) -> None:
-        execute(self.runtime, step)
 
 
 def make_loop(make_runtime: RuntimeFactory, rules: str) -> Loop:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from tests.e2e._exec_helpers import flush_redis
 from tests.scenarios.traffic import Event
+from tests.support.dispatchers import Collector
 from worker.config import load_settings
 from worker.execution.execute import execute
 from worker.rules.book import Rulebook
-from worker.rules.firing import Step
 from worker.rules.loader import load_rules
 from worker.runtime import Runtime
 from worker.scheduling.tick import Loop
@@ -70,14 +70,6 @@ class RunResult:
     conversation_ids: dict[int, int] = field(default_factory=dict)  # generator ref -> id
 
 
-class _Collect:
-    def __init__(self) -> None:
-        self.steps: list[Step] = []
-
-    def enqueue(self, step: Step) -> None:
-        self.steps.append(step)
-
-
 def build_runtime(handle: SimulatorHandle, redis_url: str, rule_files: list[Path]) -> Runtime:
     """A production-built runtime on the simulator and its clock, on an emptied Redis."""
     flush_redis(redis_url)  # the ledger, timers, watermark and pointers of an earlier run
@@ -98,7 +90,7 @@ class Driver:
         self.sim = handle.sim
         self.clock = handle.clock
         self.runtime = runtime
-        self.collect = _Collect()
+        self.collect = Collector()
         self.loop = Loop(runtime, self.collect)
         self.lease = LeaderLease(runtime.redis, "scheduler", 3600, self.clock)
         self.loop.fencing_token = lambda: self.lease.token

@@ -9,12 +9,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from tests.e2e._exec_helpers import flush_redis
+from tests.support.dispatchers import Collector
 from tests.support.hostile_api import HostileHandle
 from worker.logs import configure_logging
 from worker.rules.book import Rulebook
 from worker.rules.loader import load_texts
 from worker.runtime import Runtime
-from worker.scheduling.planning import Step
 from worker.scheduling.tick import Loop
 from worker.state.lease import LeaderLease
 
@@ -26,19 +26,6 @@ rules:
     then:
       - assign: 201
 """
-
-
-class Collector:
-    """A dispatcher that keeps the claimed steps instead of queueing them."""
-
-    def __init__(self) -> None:
-        self.steps: list[Step] = []
-
-    def enqueue(self, step: Step) -> None:
-        self.steps.append(step)
-
-    def conversations(self) -> set[int]:
-        return {item.conversation_id for step in self.steps for item in step.items}
 
 
 @contextmanager
