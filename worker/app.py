@@ -77,8 +77,11 @@ class App:
     def scheduler(self) -> SchedulerService:
         return SchedulerService(self.loop(), lease_ttl_s=self.runtime.settings.lease_ttl_s)
 
-    def worker(self, threads: int) -> dramatiq.Worker:
-        return dramatiq.Worker(self.broker, queues={QUEUE}, worker_threads=threads)
+    def worker(self, threads: int, *, poll_timeout_ms: int = 1000) -> dramatiq.Worker:
+        """An in-process worker; `poll_timeout_ms` bounds how long `stop()` waits for idle threads."""
+        return dramatiq.Worker(
+            self.broker, queues={QUEUE}, worker_threads=threads, worker_timeout=poll_timeout_ms
+        )
 
     def reload_rules_every(self, seconds: float, stop: threading.Event) -> threading.Thread:
         """Keep this process's rules current (worker processes re-check firings against them).

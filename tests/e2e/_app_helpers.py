@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support.dispatchers import TEST_POLL_TIMEOUT_MS
 from worker.app import App
 from worker.queue.actors import QUEUE
 from worker.scheduling.tick import Loop, TickReport
@@ -66,7 +67,7 @@ def tick_and_drain(built: App, loop: Loop, threads: int = 2) -> TickReport:
     """
     report = loop.poll_once()
     keys = [item.key for step in report.steps for item in step.items]
-    worker = built.worker(threads)
+    worker = built.worker(threads, poll_timeout_ms=TEST_POLL_TIMEOUT_MS)
     worker.start()
     try:
         built.broker.join(QUEUE, timeout=JOIN_TIMEOUT_MS)

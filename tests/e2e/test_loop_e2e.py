@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e._exec_helpers import applied_posts, flush_redis, posts
+from tests.support.dispatchers import TEST_POLL_TIMEOUT_MS
 from worker.api.services import BULK_ACTIONS, SEND_PATHS
 from worker.app import App
 from worker.queue.actors import QUEUE
@@ -76,7 +77,7 @@ def start(simulator: SimulatorHandle, redis_url: str, tmp_path: Path) -> Iterato
             options = simulator.worker_settings(redis_url, rules_path=rules_file, **settings)
             app = App.build(options, clock=simulator.clock)
             stack.callback(app.close)
-            worker = app.worker(2)
+            worker = app.worker(2, poll_timeout_ms=TEST_POLL_TIMEOUT_MS)
             worker.start()
             stack.callback(worker.stop)
             lease = LeaderLease(app.runtime.redis, "scheduler", 3600, simulator.clock)

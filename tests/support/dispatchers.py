@@ -6,6 +6,9 @@ from worker.execution.execute import execute
 from worker.rules.firing import Step
 from worker.runtime import Runtime
 
+# In-process dramatiq workers in tests poll this often, so stopping one takes ~0.1 s, not 1-2 s.
+TEST_POLL_TIMEOUT_MS = 50
+
 
 class Collector:
     """Keeps the claimed steps instead of queueing them."""
