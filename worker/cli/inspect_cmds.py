@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
 
 import redis
 import typer
@@ -85,9 +84,12 @@ def _fired_words(entry: dict[str, str]) -> str:
 @app.command("plan")
 def plan_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
-    full: bool = typer.Option(False, "--full", help="Every open conversation, not only changes"),
+    full: bool = typer.Option(
+        False, "--full", help="Every open conversation too, not only those changed since the last poll"
+    ),
 ) -> None:
     """Dry run: poll once and print what would be done. Calls no mutating endpoint, claims nothing."""
+    from worker.cli.plan_view import collect, render_text
     from worker.runtime import Runtime
     from worker.scheduling.tick import Loop
 
@@ -102,20 +104,38 @@ def plan_command(
 
     runtime = Runtime.build(settings, rulebook=rules)
     loop = Loop(runtime, _Keep(), dry_run=True)
-    report = loop.resync_once() if full else loop.poll_once()
-    rows: list[dict[str, Any]] = [
-        {"rule": i.rule_id, "conversation": i.conversation_id, "key": i.key, "do": _describe(s)}
-        for s in report.steps
-        for i in s.items
-    ]
+    changed = loop.poller.changed(loop.watermark.load()).conversations
+    # --full adds the open conversations to the changed ones: never fewer than `plan` alone.
+    opened = [c for page in loop.poller.open_conversations() for c in page] if full else []
+    wanted = list({c.id: c for c in [*opened, *changed]}.values())
+    report = loop.process(wanted, "resync" if full else "incremental")
+    now = runtime.clock.now()
+    firings = collect(report.steps, report.deferred, {c.id: c for c in wanted}, rules.ruleset, now)
+    planned = sum(len(s.items) for s in report.steps)
+    deferred = sum(1 for f in firings for a in f.actions.values() if a.deferred is not None)
     if as_json:
-        typer.echo(json.dumps({"conversations": report.conversations, "planned": rows}, indent=2))
+        data = {
+            "conversations": report.conversations,
+            "open": len(opened) if full else None,
+            "changed": len(changed),
+            "actions_planned": planned,
+            "firings": [f.to_dict() for f in firings],
+            "deferred": [
+                {"key": a.key, "rule": f.rule_id, "conversation": f.conversation_id, "reason": a.deferred}
+                for f in firings
+                for a in f.actions.values()
+                if a.deferred is not None
+            ],
+        }
+        typer.echo(json.dumps(data, indent=2))
         return
-    typer.echo(f"{report.conversations} conversations evaluated, {len(rows)} actions planned")
-    for row in rows:
-        typer.echo(f"  {row['rule']:<32} conversation {row['conversation']:<8} {row['do']}  [{row['key']}]")
-    for line in report.deferred:
-        typer.echo(f"  deferred: {line}")
+    scope = f"{len(opened)} open, {len(changed)} changed" if full else "changed since the last poll"
+    headline = (
+        f"{report.conversations} conversations evaluated ({scope}): "
+        f"{planned} actions planned in {len(firings)} firings, {deferred} deferred"
+    )
+    for line in render_text(headline, firings):
+        typer.echo(line)
 
 
 def _fired_before(shared: redis.Redis, ttl_s: int, evaluation: Evaluation) -> list[dict[str, str]]:
@@ -128,10 +148,3 @@ def _fired_before(shared: redis.Redis, ttl_s: int, evaluation: Evaluation) -> li
             at = f"{entry.claimed_at:%Y-%m-%d %H:%M:%S}Z"
             found.append({"rule": match.rule_id, "key": match.firing_key, "state": entry.state, "at": at})
     return found
-
-
-def _describe(step: Step) -> str:
-    if step.bulk is not None:
-        fields = ", ".join(f"{k}={v}" for k, v in step.bulk.fields)
-        return f"{step.bulk.action}({fields})"
-    return str(step.action.get("type", step.kind))

@@ -85,7 +85,9 @@ BULK_WORDS: Mapping[str, Callable[[Mapping[str, Any], RuleSet], str]] = {
 }
 
 
-def step_words(step: Step, ruleset: RuleSet, item_key: str = "", rule_id: str = "") -> str:
+def step_words(
+    step: Step, ruleset: RuleSet, item_key: str = "", rule_id: str = "", *, text_chars: int = TEXT_CHARS
+) -> str:
     """What one item of a step does, with its target or text."""
     if step.bulk is not None:
         fields = step.bulk.as_fields()
@@ -93,16 +95,16 @@ def step_words(step: Step, ruleset: RuleSet, item_key: str = "", rule_id: str = 
         text = describe(fields, ruleset) if describe else f"{step.bulk.action} {fields}"
         pool = pool_words(ruleset, rule_action(ruleset, rule_id, item_key))
         return f"{text} ({pool.removesuffix(', round robin').split(',')[0]})" if pool else text
-    return action_data_words(step.action)
+    return action_data_words(step.action, text_chars)
 
 
-def action_data_words(action: Mapping[str, Any]) -> str:
+def action_data_words(action: Mapping[str, Any], text_chars: int = TEXT_CHARS) -> str:
     """A reply / note / automation step's action data as `note "…"`, `reply "…"`."""
     kind = str(action.get("type", "?"))
     if kind == "run_automation":
         return f"run automation {action.get('automation_id')}"
     if action.get("text"):
-        return f'{kind} "{clip(str(action["text"]))}"'
+        return f'{kind} "{clip(str(action["text"]), text_chars)}"'
     if action.get("predefined") is not None:
         return f'{kind} "{action["predefined"]}"'
     return kind

@@ -122,11 +122,15 @@ def send_plan(runtime: Runtime, action: ReplyAction | NoteAction, fresh: Fresh) 
     if isinstance(action, NoteAction):
         return SendPlan(text, "note", could_have_sent=frozenset({"note"}))
     possible = frozenset({"text", FALLBACK_TYPES[action.outside_window]})
-    if window_closed(fresh.conversation, runtime.clock.now()):
-        plan = OUTSIDE_WINDOW[action.outside_window](action, fresh.conversation, text)
-    else:
-        plan = SendPlan(text, "text")
+    plan = windowed(action, fresh.conversation, text, runtime.clock.now())
     return replace(plan, could_have_sent=possible)
+
+
+def windowed(action: ReplyAction, conversation: Conversation, text: str, now: datetime) -> SendPlan:
+    """What a reply becomes under the 24-hour window rule (`inboxpilot plan` shows the same)."""
+    if window_closed(conversation, now):
+        return OUTSIDE_WINDOW[action.outside_window](action, conversation, text)
+    return SendPlan(text, "text")
 
 
 BEGINNING = datetime.min.replace(tzinfo=UTC)

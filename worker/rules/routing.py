@@ -169,7 +169,16 @@ def choose_agent(
     if choice.agent_id is not None or pool.skill_match == "require":
         return choice
     anyone = _choose(pool, roster, now, loads, rr_pointer, exclude, None)
-    return Choice(anyone.agent_id, anyone.new_pointer, choice.skipped + anyone.skipped, anyone.fallback)
+    return Choice(
+        anyone.agent_id, anyone.new_pointer, _per_agent(choice.skipped, anyone.skipped), anyone.fallback
+    )
+
+
+def _per_agent(first: tuple[str, ...], then: tuple[str, ...]) -> tuple[str, ...]:
+    """One reason per agent: the later pass's ("at capacity") over the skill pass's ("no skill")."""
+    reasons = {entry.split(":", 1)[0]: entry for entry in first}
+    reasons.update({entry.split(":", 1)[0]: entry for entry in then})
+    return tuple(reasons.values())
 
 
 def _why_not(
