@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from worker.api.client import ApiClient
 from worker.api.services import Services
-from worker.backtest import Report, fetch_histories, replay
+from worker.backtest import Report, fetch_histories, format_table, replay
 from worker.cli import app
 from worker.config import load_settings
 from worker.rules.loader import load_texts
@@ -136,3 +136,51 @@ def test_backtest_rejects_bad_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("INBOXPILOT_API_TOKEN", "t")
     result = CliRunner().invoke(app, ["backtest", str(rules)])
     assert result.exit_code == 1 and "chanel" in result.output
+
+
+SLA_RULES = """
+calendars:
+  always:
+    timezone: UTC
+    hours: {mon: ["00:00-24:00"], tue: ["00:00-24:00"], wed: ["00:00-24:00"], thu: ["00:00-24:00"],
+            fri: ["00:00-24:00"], sat: ["00:00-24:00"], sun: ["00:00-24:00"]}
+agents:
+  - {id: 101, name: Ana, enabled: false}
+sla_policies:
+  std:
+    calendar: always
+    first_response: 1h
+    tiers:
+      - at: 80%
+        then: [{note: "SLA warning"}]
+      - at: 100%
+        then: [{note: "SLA breached"}]
+rules:
+  - id: hand-on-when-offline
+    once: per_assignment
+    when: {status: open, owner: [101], waiting_for_reply: {longer_than: 1m}, owner_unavailable: {grace: 10m}}
+    then: [{note: "handed on"}]
+"""
+
+
+def test_sla_breaches_come_from_sla_rules_only_and_the_rest_is_counted(simulator: SimulatorHandle) -> None:
+    """Not the hand-on rule (it waits too, but routes), not the 80% warning tier; '… and N more'."""
+    t0 = simulator.clock.now()
+    ids = [simulator.sim.new_conversation(channel="webchat")["id"] for _ in range(3)]
+    simulator.sim.reassign(ids[0], 101)  # Ana is switched off: the hand-on fires after its grace
+    simulator.clock.advance(2 * 60 * MIN)
+    ruleset = load_texts([("t.yaml", SLA_RULES)], strict=True).ruleset
+    settings = load_settings(api_url=simulator.url, api_token=simulator.token)
+    api = Services(ApiClient.from_settings(settings, clock=simulator.clock))
+    try:
+        report = replay(ruleset, list(fetch_histories(api, t0 - MIN)), t0 - MIN, simulator.clock.now())
+    finally:
+        api.client.close()
+    fired = {f.rule_id for f in report.firings}
+    assert "hand-on-when-offline" in fired and any(r.endswith("-80") for r in fired), fired
+    breaches = report.breaches()
+    assert {f.rule_id for f in breaches} == {"sla-std-first-response-100"}
+    assert sorted(f.conversation_id for f in breaches) == sorted(ids)
+    text = format_table(report, detail=1)
+    assert "SLA breaches caught: 3" in text
+    assert "  … and 2 more (--json lists them all)" in text

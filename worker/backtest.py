@@ -27,9 +27,12 @@ no longer gives the same firing key (e.g. the team answered 20 s after the SLA
 deadline, or a person assigned the conversation): execution would have skipped
 it. `latency` defaults to 60 s and is an option.
 
-SLA breaches: firings of rules that time a wait for the team (a
-`waiting_for_reply` or an `age` condition), with how long the customer had
-waited when the rule fired.
+SLA breaches: firings of SLA rules, with how long the customer had waited when
+the rule fired. An SLA rule is a breach tier of an SLA policy (an `sla`
+condition at 100%), or a rule that times a wait for the team (`waiting_for_reply`,
+`age`) without looking at the owner: a hand-on rule (`owner_unavailable`,
+`owner_unresponsive`, `assigned_for`) waits too, but it routes, it does not
+measure an SLA; a warning tier (80%) is not a breach.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from typing import Any
 
 from worker.api.models import Contact, Conversation, Message
 from worker.api.services import Services
+from worker.rules.conditions.sla import SlaCondition
 from worker.rules.context import utc
 from worker.rules.evaluator import InMemoryState, Match, Snapshot, evaluate
 from worker.rules.model import Rule, RuleSet
@@ -49,6 +53,7 @@ from worker.scheduling.planning import PlanContext, plan
 
 DEFAULT_LATENCY = timedelta(seconds=60)
 SLA_CONDITIONS = frozenset({"waiting_for_reply", "age"})
+ROUTING_CONDITIONS = frozenset({"owner_unavailable", "owner_unresponsive", "assigned_for"})
 MAX_STEPS_PER_GAP = 1000  # due-times between two events (a guard; real rule sets need a few)
 
 
@@ -297,8 +302,17 @@ def _moot_by(
     return None
 
 
+def is_sla_breach_rule(rule: Rule) -> bool:
+    """A rule whose firings are SLA breaches (see the module docstring)."""
+    conditions = [leaf.cond for leaf in rule.when.leaves()]
+    keys = {cond.key for cond in conditions}
+    if "sla" in keys:
+        return any(isinstance(cond, SlaCondition) and cond.elapsed_share >= 1 for cond in conditions)
+    return bool(keys & SLA_CONDITIONS) and not keys & ROUTING_CONDITIONS
+
+
 def _waited(rule: Rule, conversation: Conversation, at: datetime) -> float | None:
-    if not any(leaf.cond.key in SLA_CONDITIONS for leaf in rule.when.leaves()):
+    if not is_sla_breach_rule(rule):
         return None
     start = utc(conversation.last_inbound_at) or utc(conversation.created_at)
     if conversation.last_outbound_at is None:
@@ -327,10 +341,16 @@ def format_table(report: Report, *, detail: int = 20) -> str:
         f"  c{f.conversation_id} {f.rule_id} at {f.at.isoformat()} (waited {_hm(f.waited_s)})"
         for f in breaches[:detail]
     ]
+    lines += _more(len(breaches), detail)
     moot = report.moot()
     lines += ["", f"moot (a person acted first): {len(moot)}"]
     lines += [f"  c{f.conversation_id} {f.rule_id} at {f.at.isoformat()}: {f.moot_by}" for f in moot[:detail]]
+    lines += _more(len(moot), detail)
     return "\n".join(lines)
+
+
+def _more(total: int, shown: int) -> list[str]:
+    return [f"  … and {total - shown} more (--json lists them all)"] if total > shown else []
 
 
 def _hm(seconds: float | None) -> str:
