@@ -45,9 +45,11 @@ from typing import Any
 
 from worker.api.models import Contact, Conversation, Message
 from worker.api.services import Services
+from worker.rules.actions import tag_delta_words
 from worker.rules.conditions.sla import SlaCondition
 from worker.rules.context import utc
 from worker.rules.evaluator import InMemoryState, Match, Snapshot, evaluate
+from worker.rules.firing import Step
 from worker.rules.model import Rule, RuleSet
 from worker.scheduling.planning import PlanContext, plan
 
@@ -274,14 +276,17 @@ def _firing(
 def _planned(match: Match, conversation: Conversation) -> tuple[str, ...]:
     """The planner's steps for this firing (pool assignments are resolved only at run time)."""
     ctx = PlanContext({conversation.id: conversation})
-    steps = [
-        f"bulk {s.bulk.action} {s.bulk.as_fields()}"
-        if s.bulk
-        else f"{s.kind} {s.action.get('type', '')}".strip()
-        for s in plan([(conversation.id, match)], ctx)
-    ]
+    steps = [_step_text(s) for s in plan([(conversation.id, match)], ctx)]
     steps.extend(f"deferred: {why}" for _item, why in ctx.deferred)
     return tuple(steps)
+
+
+def _step_text(step: Step) -> str:
+    if step.bulk:
+        return f"bulk {step.bulk.action} {step.bulk.as_fields()}"
+    if step.kind == "tags":
+        return "; ".join(tag_delta_words(delta) for delta in step.action["changes"].values())
+    return f"{step.kind} {step.action.get('type', '')}".strip()
 
 
 def _moot_by(

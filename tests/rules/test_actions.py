@@ -16,8 +16,10 @@ from worker.rules.actions import (
     ReplyAction,
     RunAutomationAction,
     SetStatusAction,
+    TagAction,
     UnassignAction,
     UnassignAiAssistantAction,
+    UntagAction,
 )
 
 CASES = [
@@ -37,6 +39,9 @@ CASES = [
     ),
     ("note: internal", NoteAction(text="internal")),
     ("run_automation: 44", RunAutomationAction(automation_id=44)),
+    ("tag: vip", TagAction(tags=["vip"])),
+    ("tag: [vip, vip, escalated]", TagAction(tags=["vip", "escalated"])),
+    ("untag: {tags: [awaiting-customer]}", UntagAction(tags=["awaiting-customer"])),
 ]
 
 
@@ -66,7 +71,7 @@ def test_every_action_has_a_case() -> None:
         ("reply: {text: hi, predefined: 3}", "exactly one of 'predefined'"),
         ("note: {txt: x}", "unknown key 'txt'"),
         ("run_automation: '44'", "valid integer"),
-        ("tag: vip", "unknown action 'tag'"),
+        ("tags: vip", "unknown action 'tags' (did you mean 'tag'?"),
         ("{note: a, unassign: null}", "one-key mapping"),
     ],
 )
@@ -98,3 +103,13 @@ def test_render_is_sandboxed() -> None:
     conv = Conversation(id=7, channel="whatsapp")
     with pytest.raises(TemplateRenderError):
         render("{{ conversation.__class__.__mro__ }}", conv)
+
+
+def test_tag_changes_apply_with_set_semantics() -> None:
+    from worker.execution.tags import applied, apply_delta, combined
+
+    assert apply_delta(["a", "b"], {"add": ["b", "c"]}) == ["a", "b", "c"]
+    assert apply_delta(["a", "b"], {"remove": ["a", "z"]}) == ["b"]
+    assert combined(["x"], [{"add": ["y"]}, {"remove": ["x"]}, {"add": ["y"]}]) == ["y"]
+    assert applied(["a", "b"], {"add": ["a"], "remove": ["c"]})
+    assert not applied(["a"], {"remove": ["a"]})

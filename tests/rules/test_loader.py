@@ -82,6 +82,11 @@ def test_duplicate_ids_across_files() -> None:
         ("- id: r\n  when: {chanel: sms}\n  then: [unassign]\n", (2, 10), "did you mean 'channel'"),
         ("- id: r\n  when: {status: open}\n  then: [{set_status: open}]\n", (3, 23), "a loop"),
         ("- id: r\n  when: {owner: unset}\n  then: [unassign]\n", (3, 10), "a loop"),
+        ("- id: r\n  when: {tags: vip}\n  then: [{tag: vip}]\n", (3, 16), "a loop"),
+        ("- id: r\n  when: {tags: {all: [a, b]}}\n  then: [{tag: [b]}]\n", (3, 16), "a loop"),
+        ("- id: r\n  when: {tags: {none: [x]}}\n  then: [{untag: x}]\n", (3, 18), "a loop"),
+        ("- id: r\n  when: {status: open}\n  then: [{tag: ' vip'}]\n", (3, 16), "not a tag name"),
+        ("- id: r\n  when: {status: open}\n  then: [{tag: []}]\n", (3, 16), "at least 1 item"),
         ("- id: R!\n  when: {status: open}\n  then: [unassign]\n", (1, 7), "should match pattern"),
         ("- id: r\n  when: []\n  then: [unassign]\n", (2, 9), "empty condition list"),
         ("- id: r\n  when: {status: open}\n", (1, 3), "missing required key 'then'"),
@@ -158,3 +163,12 @@ def test_mapping_document_with_all_sections(load_yaml: Callable[..., LoadResult]
     assert result.ok, [e.format() for e in result.errors]
     assert [p.id for p in result.ruleset.sla_policies] == ["standard"]  # compiled: tests/rules/test_sla.py
     assert set(result.ruleset.pools) == {"front"}
+
+
+@pytest.mark.parametrize(
+    "when",
+    ["{tags: {none: [vip]}}", "{tags: {any: [vip, gold]}}", "{not: {tags: vip}}", "{status: open}"],
+)
+def test_a_tag_action_that_makes_its_rule_false_or_is_unrelated_is_no_loop(when: str) -> None:
+    text = f"- id: r\n  when: {when}\n  then: [{{tag: vip}}, {{untag: [spam]}}]\n"
+    assert load_texts([("f.yaml", text)]).errors == ()

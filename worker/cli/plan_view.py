@@ -128,6 +128,8 @@ def _planned(
         data["bulk"] = {"action": step.bulk.action, "fields": step.bulk.as_fields()}
     else:
         data["action"] = dict(step.action)
+        if step.kind == "tags":  # a merged step holds every item's change: show this one's
+            data["action"] = {"type": "tags", **step.action.get("changes", {}).get(key, {})}
         if step.kind == "message":
             send = send_words(step.action, conversation, now)
             if send.startswith(("template", "skip")):  # our text is not sent: say what happens

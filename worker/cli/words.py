@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
-from worker.rules.actions import Action, AssignAction
+from worker.rules.actions import Action, AssignAction, tag_delta_words
 from worker.rules.conditions.sla import SlaCondition
 from worker.rules.conditions.timing import ElapsedCondition
 from worker.rules.context import EvalContext
@@ -95,6 +95,8 @@ def step_words(
         text = describe(fields, ruleset) if describe else f"{step.bulk.action} {fields}"
         pool = pool_words(ruleset, rule_action(ruleset, rule_id, item_key))
         return f"{text} ({pool.removesuffix(', round robin').split(',')[0]})" if pool else text
+    if step.kind == "tags":
+        return tag_delta_words(step.action.get("changes", {}).get(item_key, {}))
     return action_data_words(step.action, text_chars)
 
 

@@ -29,8 +29,8 @@ pipeline:
    re-raised for retryable errors so dramatiq's Retries middleware retries
    (a 429 becomes a quiet ``Retry`` after ``Retry-After``).
 
-Each step kind ("bulk", "message", "automation") is a registered executor
-(`worker/execution/{bulk,messages,automations}.py`); the re-check is
+Each step kind ("bulk", "message", "automation", "tags") is a registered executor
+(`worker/execution/{bulk,messages,automations,tags}.py`); the re-check is
 `worker/execution/recheck.py`, the retry policy `worker/execution/policy.py`.
 """
 
@@ -39,7 +39,7 @@ from __future__ import annotations
 from dramatiq.errors import Retry
 
 # The built-in step kinds register themselves on import.
-from worker.execution import automations, bulk, messages  # noqa: F401
+from worker.execution import automations, bulk, messages, tags  # noqa: F401
 from worker.execution.policy import EXEC_LOCK_TTL_MS, outcomes
 from worker.execution.registry import EXECUTORS
 from worker.execution.runs import Run, finish

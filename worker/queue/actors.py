@@ -1,7 +1,7 @@
 """The dramatiq actors: thin wrappers that decode a step and hand it to `worker.execution.execute`.
 
-Three actors on the ``inboxpilot`` queue, one per step kind: ``bulk_action``,
-``send_reply`` (replies and notes) and ``run_automation``. Each message carries
+One actor per step kind on the ``inboxpilot`` queue: ``bulk_action``,
+``send_reply`` (replies and notes), ``run_automation`` and ``change_tags``. Each message carries
 the step as data plus ``firing_keys=[...]`` so the LogContext middleware binds
 them to every log line of the message. Retries, time limits and dead-lettering
 are the broker's middleware (`worker.queue.broker`, policy in `worker.execution.policy`);
@@ -30,6 +30,7 @@ ACTOR_NAMES: dict[str, str] = {
     "bulk": "bulk_action",
     "message": "send_reply",
     "automation": "run_automation",
+    "tags": "change_tags",
 }
 
 
@@ -82,7 +83,7 @@ class Actors:
 
 
 def declare_actors(broker: dramatiq.Broker, *, max_retries: int = MAX_RETRIES) -> Actors:
-    """Declare the three actors on `broker` (not on dramatiq's global broker)."""
+    """Declare the actors on `broker` (not on dramatiq's global broker)."""
     by_kind = {
         kind: dramatiq.actor(
             broker=broker,

@@ -8,12 +8,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from worker.rules.conditions.base import Condition
+from worker.rules.conditions.base import Condition, as_list, listing
 from worker.rules.conditions.record import (
     AiAssistantCondition,
     OwnerCondition,
     StageCondition,
     StatusCondition,
+    TagsCondition,
 )
 from worker.rules.registry import Registry
 from worker.rules.templates import check_template, uses_contact
@@ -177,6 +178,65 @@ class SetStatusAction(Action):
 
     def noop_given(self, cond: Condition) -> bool:
         return isinstance(cond, StatusCondition) and cond.in_ == [self.status]
+
+
+class _TagsAction(Action):
+    """A set change on the conversation's tags: a re-read then a `PATCH` (worker/execution/tags.py)."""
+
+    shorthand = "tags"
+    tags: list[str] = Field(min_length=1, description="Tag names (a single name is a one-item list)")
+
+    _list = field_validator("tags", mode="before")(as_list)
+
+    @field_validator("tags")
+    @classmethod
+    def _names(cls, tags: list[str]) -> list[str]:
+        for tag in tags:
+            if not tag.strip() or tag != tag.strip() or len(tag) > 64:
+                raise ValueError(f"{tag!r} is not a tag name (1-64 characters, no outer spaces)")
+        return list(dict.fromkeys(tags))
+
+    def delta(self) -> dict[str, list[str]]:
+        """The change as data: {"add": [...]} or {"remove": [...]}."""
+        raise NotImplementedError
+
+
+@ACTIONS.register("tag")
+class TagAction(_TagsAction):
+    key = "tag"
+
+    def label(self) -> str:
+        return f"tag {listing(self.tags, 'and')}"
+
+    def delta(self) -> dict[str, list[str]]:
+        return {"add": list(self.tags)}
+
+    def noop_given(self, cond: Condition) -> bool:
+        # Tags the rule requires present are already there: adding them changes nothing.
+        if not isinstance(cond, TagsCondition):
+            return False
+        present = set(cond.all or []) | (set(cond.any) if cond.any and len(cond.any) == 1 else set())
+        return set(self.tags) <= present
+
+
+def tag_delta_words(delta: Mapping[str, Any]) -> str:
+    """A tag change as data, in words: `tags +vip -spam`."""
+    parts = [f"+{t}" for t in delta.get("add", ())] + [f"-{t}" for t in delta.get("remove", ())]
+    return "tags " + " ".join(parts)
+
+
+@ACTIONS.register("untag")
+class UntagAction(_TagsAction):
+    key = "untag"
+
+    def label(self) -> str:
+        return f"remove tag {listing(self.tags, 'and')}"
+
+    def delta(self) -> dict[str, list[str]]:
+        return {"remove": list(self.tags)}
+
+    def noop_given(self, cond: Condition) -> bool:
+        return isinstance(cond, TagsCondition) and set(self.tags) <= set(cond.none or [])
 
 
 def _template_ok(value: str | None) -> str | None:

@@ -7,7 +7,9 @@ gets its own ledger key, `<firing key>#<action index>`, so a rule with several
 actions completes each exactly once even when one of them fails.
 
 Turning an action type into a step is a registered function (`planner(key)`),
-so a new action type is one function here, not an edit to an `if` chain.
+so a new action type is one function here, not an edit to an `if` chain. Step
+kinds that can share one step across firings (tag changes: one re-read for up to
+50 conversations, one `PATCH` per conversation) register a `merger(kind)`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from worker.rules.actions import (
     MoveAction,
     RunAutomationAction,
     SetStatusAction,
+    TagAction,
+    UntagAction,
 )
 from worker.rules.evaluator import Match
 from worker.rules.firing import BulkChange, Item, Step, item_key
@@ -126,6 +130,53 @@ def _automation(action: Action, item: Item, ctx: PlanContext) -> Planned:
     return Step("automation", (item,), action=action_data(action))
 
 
+@planner("tag")
+@planner("untag")
+def _tags(action: Action, item: Item, ctx: PlanContext) -> Planned:
+    assert isinstance(action, TagAction | UntagAction)
+    return Step("tags", (item,), action={"type": "tags", "changes": {item.key: action.delta()}})
+
+
+# A merger turns the steps of one kind planned in a tick into fewer, larger steps.
+MergerFn = Callable[[list[Step]], list[Step]]
+MERGERS: dict[str, MergerFn] = {}
+
+
+def merger(kind: str) -> Callable[[MergerFn], MergerFn]:
+    def register(fn: MergerFn) -> MergerFn:
+        if kind in MERGERS:
+            raise ValueError(f"a merger for step kind {kind!r} is already registered")
+        MERGERS[kind] = fn
+        return fn
+
+    return register
+
+
+@merger("tags")
+def _merge_tags(steps: list[Step]) -> list[Step]:
+    """Tag changes of a tick: one step per 50 items, each item's change kept under its key."""
+    items = [item for step in steps for item in step.items]
+    changes = {key: delta for step in steps for key, delta in step.action["changes"].items()}
+    return [
+        Step("tags", tuple(chunk), action={"type": "tags", "changes": {i.key: changes[i.key] for i in chunk}})
+        for chunk in chunks(items, MAX_BULK_IDS)
+    ]
+
+
+def merge(steps: list[Step]) -> list[Step]:
+    """Steps with the kinds that have a merger merged; each merged group sits where its first step was."""
+    out: list[Step] = []
+    placed: set[str] = set()
+    for step in steps:
+        fn = MERGERS.get(step.kind)
+        if fn is None:
+            out.append(step)
+        elif step.kind not in placed:
+            placed.add(step.kind)
+            out.extend(fn([s for s in steps if s.kind == step.kind]))
+    return out
+
+
 def action_data(action: Action) -> dict[str, Any]:
     """An action as JSON-able data with its type, for queue messages and the ledger."""
     return {"type": action.key, **action.model_dump(mode="json", exclude_none=True)}
@@ -149,7 +200,7 @@ def plan(matches: Iterable[tuple[int, Match]], ctx: PlanContext) -> list[Step]:
                 steps.append(planned)
     for change, items in groups.items():
         steps.extend(Step("bulk", tuple(chunk), bulk=change) for chunk in chunks(items, MAX_BULK_IDS))
-    return steps
+    return merge(steps)
 
 
 def chunks(items: Sequence[Item], size: int) -> Iterable[Sequence[Item]]:
