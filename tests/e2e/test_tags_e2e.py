@@ -3,6 +3,7 @@ and commit-then-fail on the PATCH. The simulator's audit log is the judge."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -131,6 +132,11 @@ def test_plan_command_shows_the_tag_change(
     }
     result = CliRunner().invoke(app, ["plan", "--full"], env=env)
     assert result.exit_code == 0, result.output
-    assert f"conversation {conv['id']:<8} tags +vip +seen" in result.stdout
-    assert f"conversation {conv['id']:<8} tags -billing" in result.stdout
+    assert f"conversation {conv['id']:<6} tags +vip +seen; tags -billing  [c]" in result.stdout
+    as_json = CliRunner().invoke(app, ["plan", "--full", "--json"], env=env)
+    (firing,) = json.loads(as_json.stdout)["firings"]
+    assert [a["action"] for a in firing["actions"]] == [
+        {"type": "tags", "add": ["vip", "seen"]},
+        {"type": "tags", "remove": ["billing"]},
+    ]
     assert _tag_patches(simulator) == []
