@@ -75,6 +75,18 @@ class Settings(BaseSettings):
     resync_interval_s: float = Field(default=600.0, ge=1, le=7 * 86400, description="Full resync period.")
     timer_pump_interval_s: float = Field(default=1.0, ge=0.05, le=60, description="Due-timer pump period.")
     page_size: int = Field(default=50, ge=1, le=MAX_PAGE_SIZE, description="$limit per find (<= 50).")
+    poll_max_pages: int = Field(
+        default=200,
+        ge=1,
+        le=100_000,
+        description="Pages one poll or resync tick reads at most; the rest waits for the next tick.",
+    )
+    poll_max_tick_s: float = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        description="Seconds one poll or resync tick pages at most; it ends at a page boundary.",
+    )
     rules_path: Path = Field(default=Path("rules"), description="Rule file or folder.")
     rate_limit_per_s: float = Field(
         default=20.0, ge=0.01, le=1_000_000, description="Client requests per second."

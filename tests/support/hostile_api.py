@@ -99,9 +99,12 @@ class HostileApi:
         """Insert `items` (default one `null`) at the front of a find's `data`."""
         return self._add(Trap("GET", path_prefix, "null_items", {"items": items}, times))
 
-    def endless(self, path_prefix: str = "/conversations", *, total: int = 10**9) -> Trap:
-        """Every find under `path_prefix` answers a full page of brand-new conversations."""
-        return self._add(Trap("GET", path_prefix, "endless", {"total": total}))
+    def endless(
+        self, path_prefix: str = "/conversations", *, total: int = 10**9, delay_s: float = 0.0
+    ) -> Trap:
+        """Every find under `path_prefix` answers a full page of brand-new conversations
+        (after `delay_s`: the server's pace)."""
+        return self._add(Trap("GET", path_prefix, "endless", {"total": total, "delay_s": delay_s}))
 
     def lying_total(self, path_prefix: str, total: int) -> Trap:
         return self._add(Trap("GET", path_prefix, "lying_total", {"total": total}))
@@ -178,6 +181,8 @@ class HostileApi:
         await _respond(send, 200, LOGIN_PAGE, {"content-type": "text/html; charset=utf-8"})
 
     async def _answer_endless(self, trap: Trap, scope: Scope, receive: Receive, send: Send) -> None:
+        if trap.options["delay_s"]:
+            await asyncio.sleep(trap.options["delay_s"])  # the server's pace, not a test waiting
         data = [self._conversation() for _ in range(50)]
         body = {"total": trap.options["total"], "limit": 50, "skip": 0, "data": data}
         await _respond(send, 200, json.dumps(body).encode(), {"content-type": "application/json"})

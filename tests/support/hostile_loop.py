@@ -11,6 +11,7 @@ from typing import Any
 from tests.e2e._exec_helpers import flush_redis
 from tests.support.dispatchers import Collector
 from tests.support.hostile_api import HostileHandle
+from worker.clock import Clock
 from worker.logs import configure_logging
 from worker.rules.book import Rulebook
 from worker.rules.loader import load_texts
@@ -30,14 +31,23 @@ rules:
 
 @contextmanager
 def hostile_loop(
-    hostile: HostileHandle, redis_url: str, rules: str = MATCH_OPEN, **settings: Any
+    hostile: HostileHandle,
+    redis_url: str,
+    rules: str = MATCH_OPEN,
+    *,
+    clock: Clock | None = None,
+    **settings: Any,
 ) -> Iterator[tuple[Loop, Collector]]:
-    """`Loop` built like production on the hostile API, holding the leader lease."""
+    """`Loop` built like production on the hostile API, holding the leader lease.
+
+    The worker shares the server's clock unless given its own `clock`."""
     flush_redis(redis_url)
     options = {"read_retries": 0, **settings}
     ruleset = load_texts([("t.yaml", rules)], strict=True).ruleset
     runtime = Runtime.build(
-        hostile.worker_settings(redis_url, **options), clock=hostile.clock, rulebook=Rulebook.of(ruleset)
+        hostile.worker_settings(redis_url, **options),
+        clock=clock or hostile.clock,
+        rulebook=Rulebook.of(ruleset),
     )
     collector = Collector()
     loop = Loop(runtime, collector)

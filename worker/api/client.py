@@ -14,9 +14,9 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -68,6 +68,13 @@ BACKOFF_MAX_S = 30.0
 MAX_RETRY_AFTER_S = 120.0
 # Errors raised before any byte of the request left: a write cannot have been applied.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+class Answer(NamedTuple):
+    """A decoded answer and the server's clock when it sent it (its `Date`, if parseable)."""
+
+    body: Any
+    served_at: datetime | None
 
 
 class ApiClient:
@@ -165,7 +172,8 @@ class ApiClient:
 
     def find_page(self, path: str, query: Mapping[str, Any] | None = None) -> Page:
         """One `find`: the paginated envelope, as the server sent it (it may clamp `$limit`)."""
-        body = self.request("GET", path, query=query)
+        answer = self._exchange("GET", path, query)
+        body = answer.body
         items = body.get("data") if isinstance(body, dict) else None
         objects = [item for item in items if isinstance(item, dict)] if isinstance(items, list) else None
         try:
@@ -180,6 +188,7 @@ class ApiClient:
             # One `null` must not cost the whole page: skip it, keep paging by what was sent.
             page._received = len(items)
             self._note_skipped_items(path, items)
+        page._served_at = answer.served_at
         return page
 
     def find_all(
@@ -298,6 +307,16 @@ class ApiClient:
         idempotency_key: str | None = None,
     ) -> Any:
         """Send one call; reads are retried on transient failures, writes never."""
+        return self._exchange(method, path, query, json_body, idempotency_key).body
+
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, Any] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Answer:
         method = method.upper()
         path = "/" + path.lstrip("/")
         attempt = 0
@@ -340,7 +359,7 @@ class ApiClient:
         query: Mapping[str, Any] | None,
         json_body: Mapping[str, Any] | None,
         idempotency_key: str | None,
-    ) -> Any:
+    ) -> Answer:
         self._wait_for_gate(method, path)
         self._bucket.acquire()
         headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
@@ -361,7 +380,7 @@ class ApiClient:
             raise _request_error(exc, method, path) from None
         self._observe(method, path, response.status_code, started)
         self._tell_gate(response.status_code, self._parse_retry_after(response.headers.get("Retry-After")))
-        return self._decode(response, method, path)
+        return Answer(self._decode(response, method, path), _server_date(response))
 
     def _wait_for_gate(self, method: str, path: str) -> None:
         """Another process was told to back off: do not call until then (reads wait, writes retry)."""
@@ -441,6 +460,18 @@ class ApiClient:
             self._on_backoff(seconds)
         except Exception:  # a metrics hook must never break a call
             log.warning("api_backoff_hook_failed", exc_info=True)
+
+
+def _server_date(response: httpx.Response) -> datetime | None:
+    """The answer's `Date` as aware UTC; the last one when a proxy added its own."""
+    for value in reversed(response.headers.get_list("Date")):
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            continue
+        if when.tzinfo is not None:
+            return when.astimezone(UTC)
+    return None
 
 
 def _item(path: str, id: int | str) -> str:

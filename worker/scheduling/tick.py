@@ -9,6 +9,7 @@ lost is re-driven from the ledger.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from worker.rules.evaluator import Evaluation, Match, evaluate
 from worker.rules.firing import Step, item_key
 from worker.runtime import Runtime
 from worker.scheduling.planning import PlanContext, PoolResolver, plan
-from worker.scheduling.poller import Poller
+from worker.scheduling.poller import Budget, Poller
 from worker.scheduling.router import PreviewResolver, Router
 from worker.scheduling.snapshots import read_snapshots
 from worker.state.api_pause import SharedPause
@@ -89,7 +90,9 @@ class Loop:
         self.owner = owner
         # The leader's fencing token for watermark writes: a value, or a callable read per write.
         self.fencing_token = fencing_token
-        self.poller = Poller(runtime.api.client, runtime.settings.page_size)
+        self.poller = Poller(runtime.api.client, runtime.settings.page_size, runtime.clock)
+        # Set on shutdown: a paging tick ends at its next page boundary.
+        self.stop = threading.Event()
         self.watermark = Watermark(runtime.redis)
         self.router = Router(runtime.redis, runtime.api.client, runtime.rulebook, runtime.clock)
         self.sla_pauses = SlaPauses(runtime.redis)
@@ -98,13 +101,19 @@ class Loop:
 
     # --- jobs -------------------------------------------------------------------------------
 
+    def budget(self) -> Budget:
+        """One tick's paging budget (settings `poll_max_pages`, `poll_max_tick_s`, and `stop`)."""
+        settings = self.runtime.settings
+        return Budget(settings.poll_max_pages, settings.poll_max_tick_s, self.stop)
+
     def poll_once(self) -> TickReport:
-        """Incremental poll: what changed since the watermark."""
+        """Incremental poll: what changed since the watermark, processed a page at a time."""
         state = self.watermark.load()
-        result = self.poller.changed(state)
-        report = self.process(result.conversations, "incremental")
-        if not self.dry_run:
-            self.watermark.advance(result.conversations, self._fencing_token())
+        report = TickReport("incremental")
+        for page in self.poller.changed(state, self.budget()):
+            _merge(report, self.process(page.conversations, "incremental"))
+            if not self.dry_run:  # the watermark keeps what is processed, page by page
+                self.watermark.advance(page.conversations, self._fencing_token(), page.limit)
         POLLS.labels(kind="incremental").inc()
         if self.watermark.state.updated_at is not None:
             lag = (self.runtime.clock.now() - self.watermark.state.updated_at).total_seconds()
@@ -114,7 +123,7 @@ class Loop:
     def resync_once(self) -> TickReport:
         """Every open conversation: catches what the incremental poll missed, rebuilds timers."""
         total = TickReport("resync")
-        for page in self.poller.open_conversations():
+        for page in self.poller.open_conversations(self.budget()):
             _merge(total, self.process(page, "resync"))
         POLLS.labels(kind="resync").inc()
         return total

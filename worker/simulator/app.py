@@ -13,14 +13,16 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.simulator.audit import Outcome, StoredResponse
 from worker.simulator.errors import (
@@ -344,6 +346,30 @@ def _admin_state(sim: Simulator, request: Request, body: dict[str, Any]) -> Any:
     }
 
 
+class ServerDate:
+    """`Date` from the simulator's clock, as a real server sends its own present.
+
+    A fake clock moves it: the worker caps its poll watermark by this header.
+    """
+
+    def __init__(self, app: ASGIApp, sim: Simulator) -> None:
+        self.app = app
+        self.sim = sim
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def dated(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                stamp = format_datetime(self.sim.clock.now(), usegmt=True).encode()
+                message = {**message, "headers": [*message.get("headers", []), (b"date", stamp)]}
+            await send(message)
+
+        await self.app(scope, receive, dated)
+
+
 def build_app(sim: Simulator) -> Starlette:
     endpoint: Callable[[Request], Awaitable[Response]] = api
     app = Starlette(
@@ -353,7 +379,8 @@ def build_app(sim: Simulator) -> Starlette:
             Route("/{service}", endpoint, methods=ALL_METHODS),
             Route("/{service}/{id}", endpoint, methods=ALL_METHODS),
             Route("/{rest:path}", not_found, methods=ALL_METHODS),
-        ]
+        ],
+        middleware=[Middleware(ServerDate, sim=sim)],
     )
     app.state.simulator = sim
     return app

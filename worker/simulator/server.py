@@ -59,7 +59,10 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 0, *, log_level: str = 
 
     `port=0` picks a free port; read it back from `.port`.
     """
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off", access_log=False)
+    # No uvicorn `Date`: the simulator sends its own, from its (maybe fake) clock.
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, lifespan="off", access_log=False, date_header=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{host}:{port}", daemon=True)
     thread.start()

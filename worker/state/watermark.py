@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 import redis
@@ -36,6 +36,8 @@ from worker.logs import get_logger
 from worker.state.lease import lease_key
 
 WATERMARK_PREFIX = "inboxpilot:watermark:"
+# How far the API's record times may run ahead of its present before they count as "the future".
+CLOCK_SKEW = timedelta(minutes=5)
 
 _SAVE = """
 -- KEYS: watermark, lease   ARGV: token, updated_at, seen_ids
@@ -88,12 +90,36 @@ def filter_new_records(state: WatermarkState, records: Iterable[R]) -> list[R]:
     return out
 
 
-def advance_state(state: WatermarkState, records: Iterable[Stamped]) -> WatermarkState:
-    """The watermark after processing `records`: the newest timestamp and the ids seen at it."""
+def horizon(server_now: datetime | None, our_now: datetime) -> datetime:
+    """The latest `updated_at` the watermark may move to: the API's present plus `CLOCK_SKEW`.
+
+    The API's present is its `Date`, but never later than our own clock: a server
+    whose clock (or data) runs in 2099 must not make us ask for `updated_at >= 2099`.
+    """
+    present = our_now if server_now is None else min(server_now, our_now)
+    return present + CLOCK_SKEW
+
+
+def is_from_the_future(record: Stamped, limit: datetime | None) -> bool:
+    """Stamped after `limit` (the `horizon`): processed, but the watermark does not follow it."""
+    return limit is not None and record.updated_at is not None and record.updated_at > limit
+
+
+def advance_state(
+    state: WatermarkState, records: Iterable[Stamped], limit: datetime | None = None
+) -> WatermarkState:
+    """The watermark after processing `records`: the newest timestamp and the ids seen at it.
+
+    Records stamped after `limit` are left out: the watermark stays at or before the
+    API's present, so those records stay in view (every poll reads them again) and
+    records created after them are still found.
+    """
     current = state
     for record in records:
         stamp = record.updated_at
         if stamp is None or (current.updated_at is not None and stamp < current.updated_at):
+            continue
+        if is_from_the_future(record, limit):
             continue
         if current.updated_at is None or stamp > current.updated_at:
             current = WatermarkState(stamp, frozenset({record.id}))
@@ -143,9 +169,9 @@ class Watermark:
         """`filter_new_records` against the state last loaded or saved."""
         return filter_new_records(self._state, records)
 
-    def advance(self, records: Iterable[Stamped], token: int | None) -> bool:
-        """Move the watermark past `records` (already processed) and save it, fenced by `token`."""
-        new = advance_state(self._state, records)
+    def advance(self, records: Iterable[Stamped], token: int | None, limit: datetime | None = None) -> bool:
+        """Move the watermark past `records` (already processed; none after `limit`), fenced by `token`."""
+        new = advance_state(self._state, records, limit)
         if new == self._state:
             return True
         return self.save(new, token)
