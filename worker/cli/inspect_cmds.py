@@ -104,9 +104,10 @@ def plan_command(
 
     runtime = Runtime.build(settings, rulebook=rules)
     loop = Loop(runtime, _Keep(), dry_run=True)
-    changed = loop.poller.changed(loop.watermark.load()).conversations
+    pages = loop.poller.changed(loop.watermark.load(), loop.budget())
+    changed = [c for page in pages for c in page.conversations]
     # --full adds the open conversations to the changed ones: never fewer than `plan` alone.
-    opened = [c for page in loop.poller.open_conversations() for c in page] if full else []
+    opened = [c for page in loop.poller.open_conversations(loop.budget()) for c in page] if full else []
     wanted = list({c.id: c for c in [*opened, *changed]}.values())
     report = loop.process(wanted, "resync" if full else "incremental")
     now = runtime.clock.now()
