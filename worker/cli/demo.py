@@ -242,9 +242,7 @@ class Narrator:
         self.jobs[_job(verb, firing, rule is not None and is_followup(rule))] += 1
         what = self.sentence(firing, verb)
         why = "; ".join(firing.why)
-        at = max(e.updated_at for e in firing.entries.values()).astimezone(self.zone)
-        with self._out:
-            typer.echo(f"{at:%H:%M:%S}  {what}{f' — {why}' if why else ''} — rule {firing.rule_id}")
+        self.say(f"{what}{f' — {why}' if why else ''} — rule {firing.rule_id}")
 
     def sentence(self, firing: Firing, verb: str | None) -> str:
         conversation = f"conversation {firing.conversation_id}"
@@ -279,7 +277,7 @@ class Narrator:
         kind = action.get("type")
         if kind == "run_automation":
             return f"ran automation {action.get('automation_id')} on {subject}"
-        text = clip(self._sent_text(entry) or str(action.get("text") or action.get("predefined") or ""))
+        text = clip(self._sent_text(entry) or str(action.get("text") or action.get("predefined") or ""), 32)
         sent_as = entry.outcome.get("message_type")
         channel = self._channel(int(entry.conversation_id))
         if sent_as == "template":
