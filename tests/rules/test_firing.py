@@ -13,11 +13,13 @@ from worker.api.models import Conversation
 from worker.rules.firing import (
     SITUATIONS,
     Situation,
+    action_index,
     check_situations,
     firing_key,
     firing_of,
     item_key,
     sibling_keys,
+    situation_of,
     situation_start,
     split_firing_key,
 )
@@ -49,6 +51,8 @@ def test_keys_round_trip() -> None:
     assert firing_of(item) == key
     assert split_firing_key(item) == ("sla", "42")
     assert sibling_keys(item, 3) == [item_key(key, 0), item_key(key, 2)]
+    assert (action_index(item), action_index(key)) == (1, 0)
+    assert situation_of(item) == situation_of(key) == "in:2026-01-01T00:00:00+00:00"
 
 
 def test_situation_start_reads_the_record() -> None:

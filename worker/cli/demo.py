@@ -35,6 +35,7 @@ from worker.clock import Clock, ShiftedClock
 from worker.logs import configure_logging
 from worker.rules.context import EvalContext
 from worker.rules.durations import DurationError, parse_duration
+from worker.rules.firing import action_index, firing_of
 from worker.rules.model import RuleSet
 from worker.scheduling.snapshots import read_snapshot
 from worker.simulator import Simulator, serve
@@ -216,13 +217,13 @@ class Narrator:
         entry = self.built.runtime.ledger.get(item_key)
         if entry is None:
             return
-        firing_key, _, index = item_key.rpartition("#")
+        firing_key = firing_of(item_key)
         firing = self.open.get(firing_key)
         if firing is None:
             firing = Firing(firing_key, entry.rule_id, int(entry.conversation_id), time.monotonic())
             firing.why = self._why(entry)
             self.open[firing_key] = firing
-        firing.entries[int(index) if index.isdigit() else 0] = entry
+        firing.entries[action_index(item_key)] = entry
 
     def flush(self, now: float | None) -> None:
         """Print firings whose actions are all final (or that waited long enough; all when now is None)."""

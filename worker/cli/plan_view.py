@@ -19,7 +19,7 @@ from worker.api.models import Conversation
 from worker.cli.words import agent_name, clip, pool_words, rule_action, step_words
 from worker.execution.messages import windowed
 from worker.rules.actions import ReplyAction
-from worker.rules.firing import Step
+from worker.rules.firing import Step, action_index, firing_of, situation_of, split_firing_key
 from worker.rules.model import RuleSet
 
 WIDTH = 120
@@ -68,8 +68,7 @@ class PlannedFiring:
 
 def short_situation(firing_key: str) -> str:
     """The situation part of a firing key with minute-precision times: `as:101:2026-11-19T20:25Z`."""
-    parts = firing_key.split(":", 2)
-    return _ISO.sub(r"\1Z", parts[2] if len(parts) == 3 else firing_key)
+    return _ISO.sub(r"\1Z", situation_of(firing_key))
 
 
 def send_words(action: Mapping[str, Any], conversation: Conversation | None, now: datetime) -> str:
@@ -113,7 +112,7 @@ def collect(
         known = rule_action(ruleset, rule_id, key)
         pool = pool_words(ruleset, known)
         what = f"assign ({pool.split(',')[0]})" if pool else known.label() if known is not None else "action"
-        action = PlannedAction(key, _index(key), f"{what}: deferred", deferred=names(why, ruleset))
+        action = PlannedAction(key, action_index(key), f"{what}: deferred", deferred=names(why, ruleset))
         _firing(firings, key, rule_id, conversation_id).actions[action.index] = action
     return sorted(firings.values(), key=lambda f: (f.rule_id, f.conversation_id, f.firing_key))
 
@@ -136,25 +135,17 @@ def _planned(
                 do = f"{step.action.get('type')} → {send}"
             elif send != str(step.action.get("type")):
                 do = f"{do} → {send}"
-    return PlannedAction(key, _index(key), do, send, None, data)
+    return PlannedAction(key, action_index(key), do, send, None, data)
 
 
 def _firing(firings: dict[str, PlannedFiring], key: str, rule_id: str, conversation_id: int) -> PlannedFiring:
-    firing_key = key.rsplit("#", 1)[0]
+    firing_key = firing_of(key)
     return firings.setdefault(firing_key, PlannedFiring(rule_id, conversation_id, firing_key))
 
 
 def _parts(key: str) -> tuple[str, int]:
-    parts = key.split(":", 2)
-    try:
-        return parts[0], int(parts[1])
-    except (IndexError, ValueError):
-        return parts[0], 0
-
-
-def _index(key: str) -> int:
-    _, _, index = key.rpartition("#")
-    return int(index) if index.isdigit() else 0
+    rule_id, conversation_id = split_firing_key(key)
+    return rule_id, int(conversation_id) if conversation_id.isdigit() else 0
 
 
 def names(text: str, ruleset: RuleSet) -> str:

@@ -16,7 +16,7 @@ from worker.rules.actions import Action, AssignAction, tag_delta_words
 from worker.rules.conditions.sla import SlaCondition
 from worker.rules.conditions.timing import ElapsedCondition
 from worker.rules.context import EvalContext
-from worker.rules.firing import Step
+from worker.rules.firing import Step, action_index
 from worker.rules.model import Rule, RuleSet
 from worker.rules.nodes import AllNode, AnyNode, Leaf, Node
 
@@ -58,10 +58,10 @@ def agent_name(ruleset: RuleSet, user_id: Any) -> str:
 def rule_action(ruleset: RuleSet, rule_id: str, item_key: str) -> Action | None:
     """The rule action an item key (`<firing key>#<index>`) stands for, when the rule still has it."""
     rule = ruleset.get(rule_id)
-    _, _, index = item_key.rpartition("#")
-    if rule is None or not index.isdigit() or int(index) >= len(rule.then):
+    index = action_index(item_key)
+    if rule is None or index >= len(rule.then):
         return None
-    return rule.then[int(index)]
+    return rule.then[index]
 
 
 def pool_words(ruleset: RuleSet, action: Action | None) -> str | None:

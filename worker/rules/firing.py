@@ -122,6 +122,18 @@ def firing_of(key: str) -> str:
     return key.rsplit(ITEM_SEPARATOR, 1)[0]
 
 
+def action_index(key: str) -> int:
+    """The action index of an item key (0 for a key without one)."""
+    _, separator, index = key.rpartition(ITEM_SEPARATOR)
+    return int(index) if separator and index.isdigit() else 0
+
+
+def situation_of(key: str) -> str:
+    """The situation part of a firing or item key (what follows rule and conversation)."""
+    parts = firing_of(key).split(":", 2)
+    return parts[2] if len(parts) == 3 else firing_of(key)
+
+
 def sibling_keys(key: str, actions: int) -> list[str]:
     """The item keys of the other actions of the firing `key` belongs to."""
     firing = firing_of(key)

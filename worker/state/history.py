@@ -23,6 +23,7 @@ from typing import Any, Literal
 import redis
 
 from worker.clock import from_epoch
+from worker.rules.firing import action_index, firing_of
 from worker.state.ledger import AUDIT_STREAM, ENTRY_PREFIX, REDRIVE_KEY
 
 Outcome = Literal["done", "skipped", "failed", "pending"]
@@ -163,10 +164,10 @@ def _from_audit(fields: dict[str, str]) -> ActionRecord | None:
     except ValueError:
         return None
     if fields.get("state") == "failed":
-        return ActionRecord(key, _index(key), "failed", at, fields.get("reason", ""))
+        return ActionRecord(key, action_index(key), "failed", at, fields.get("reason", ""))
     detail = _json(fields.get("outcome", ""))
     result: Outcome = "skipped" if detail.get("result") == "skipped" else "done"
-    return ActionRecord(key, _index(key), result, at, str(detail.get("reason") or ""), detail)
+    return ActionRecord(key, action_index(key), result, at, str(detail.get("reason") or ""), detail)
 
 
 def _pending(client: redis.Redis) -> Iterable[tuple[str, str, str, ActionRecord]]:
@@ -179,14 +180,14 @@ def _pending(client: redis.Redis) -> Iterable[tuple[str, str, str, ActionRecord]
         if state != "pending" or not claimed_at:
             continue
         reason = f"waiting: {attempts or 0} attempt(s) so far"
-        action = ActionRecord(key, _index(key), "pending", from_epoch(float(claimed_at)), reason)
+        action = ActionRecord(key, action_index(key), "pending", from_epoch(float(claimed_at)), reason)
         yield key, rule_id, conversation_id, action
 
 
 def _add(
     firings: dict[str, FiringRecord], rule_id: str, conversation_id: str, action: ActionRecord, key: str = ""
 ) -> None:
-    firing_key = (key or action.key).rsplit("#", 1)[0]
+    firing_key = firing_of(key or action.key)
     firing = firings.setdefault(firing_key, FiringRecord(firing_key, rule_id, conversation_id))
     known = firing.actions.get(action.index)
     if known is None or known.at < action.at:  # a reopened action: its latest outcome counts
@@ -205,11 +206,6 @@ def _attach_steps(client: redis.Redis, firings: Iterable[FiringRecord]) -> None:
                 action.key, action.index, action.outcome, action.at, action.reason, action.detail,
                 _json(_text(payload)),
             )  # fmt: skip
-
-
-def _index(key: str) -> int:
-    _, _, index = key.rpartition("#")
-    return int(index) if index.isdigit() else 0
 
 
 def _json(text: str) -> dict[str, Any]:
