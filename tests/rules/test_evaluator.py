@@ -155,6 +155,18 @@ def test_explain_text_and_json(make_ruleset: MakeRS) -> None:
     assert data["rules"][0]["firing_key"] == "fires:7:c"
 
 
+def test_explain_says_matches_already_fired_instead_of_fires(make_ruleset: MakeRS) -> None:
+    """A match whose firing the ledger holds is not headlined "MATCH - fires"."""
+    rs = make_ruleset("- {id: fires, when: {status: open}, then: [{set_status: closed}]}\n")
+    ev = evaluate(rs, Snapshot(conv()), NOW, explain=True)
+    text = format_explanation(ev, "text", {"fires": "2026-03-04 09:58:00Z"})
+    assert "rule 'fires': matches - already fired at 2026-03-04 09:58:00Z" in text
+    assert "MATCH - fires" not in text and "does:" not in text and "did: close the conversation" in text
+    assert "it does not fire again for this situation" in text
+    (rule,) = json.loads(format_explanation(ev, "json", {"fires": "2026-03-04 09:58:00Z"}))["rules"]
+    assert rule["fires"] is False and rule["already_fired_at"] == "2026-03-04 09:58:00Z"
+
+
 SHIPPED = load_rules(["rules"], recursive=True).ruleset
 times = st.one_of(
     st.none(), st.integers(min_value=0, max_value=60 * 24 * 5).map(lambda m: NOW - timedelta(minutes=m))

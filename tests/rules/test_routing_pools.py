@@ -116,3 +116,16 @@ def test_owner_unresponsive_counts_from_the_later_of_assignment_and_message() ->
     late = conv.model_copy(update={"assigned_at": datetime(2026, 3, 4, 11, 50, tzinfo=UTC)})
     due = evaluate(ruleset, Snapshot(late), at_11).next_due["unresponsive"]
     assert due == datetime(2026, 3, 4, 12, 35, tzinfo=UTC)
+
+
+def test_nobody_available_names_each_agent_once_with_the_reason_that_counts() -> None:
+    """`prefer` tries the skilled agents, then anyone: the deferral reason must not list an
+    agent twice ("no skill" and then "off shift"); the reason of the last pass counts."""
+    prefer = Pool("p", (3, 1, 2), "round_robin", None, "prefer")
+    choice = choose_agent(
+        prefer, ROSTER, NIGHT, {}, 0, conversation=_conv(channel="whatsapp"), exclude=(3, 1)
+    )
+    assert choice.agent_id is None
+    agents = [entry.split(":", 1)[0] for entry in choice.skipped]
+    assert sorted(agents) == ["agent 1", "agent 2", "agent 3"], choice.skipped
+    assert "agent 1: the current owner" in choice.skipped and "agent 2: off shift" in " ".join(choice.skipped)

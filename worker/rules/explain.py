@@ -38,7 +38,7 @@ def _text(evaluation: Evaluation, before: Mapping[str, str]) -> str:
             mark = "yes" if reason.result else "no "
             seen = f"  [seen: {reason.value_seen}]" if reason.value_seen else ""
             lines.append(f"  {'  ' * depth}{mark} {reason.label}{seen}")
-        verb = "does" if r.rule_id in fired else "would do"
+        verb = "does" if r.rule_id in fired else "did" if r.rule_id in before else "would do"
         for label in r.actions:
             lines.append(f"  {verb}: {label}")
         if r.rule_id in keys:
