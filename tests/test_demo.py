@@ -8,12 +8,16 @@ import os
 import re
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from worker.cli.demo import Narrator
 from worker.cli.words import clip, roughly
+from worker.rules.loader import load_texts
+from worker.state.ledger import LedgerEntry
 
 ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"^(\d\d:\d\d:\d\d)  (.*)$")
@@ -76,3 +80,38 @@ def test_words_helpers() -> None:
     assert roughly(timedelta(seconds=200)) == "3m20s"
     assert roughly(timedelta(0)) == "0s"
     assert clip("a " * 40, 10) == "a a a a a…"
+
+
+def _entry(key: str, payload: dict[str, object], state: str = "done", **extra: object) -> LedgerEntry:
+    at = datetime(2026, 11, 3, 9, 30, tzinfo=UTC)
+    rule_id, conversation_id = key.split(":")[:2]
+    fields: dict[str, object] = {"rule_id": rule_id, "conversation_id": conversation_id}
+    return LedgerEntry(key, state, 1, at, at, payload, **fields, **extra)  # type: ignore[arg-type]
+
+
+def _narrator() -> Narrator:
+    ruleset = load_texts([("r.yaml", "agents: [{id: 101, name: Ana}]\n")], strict=True).ruleset
+    built = SimpleNamespace(runtime=SimpleNamespace(rulebook=SimpleNamespace(ruleset=ruleset)))
+    return Narrator(built, None, UTC)  # type: ignore[arg-type]
+
+
+def test_demo_phrases_name_people_stages_outcomes_and_reasons() -> None:
+    narrator = _narrator()
+    assign = {
+        "kind": "bulk",
+        "bulk": {"action": "assign", "fields": {"owner_id": 101}},
+        "items": [],
+        "action": {},
+    }
+    move = {"kind": "bulk", "bulk": {"action": "move", "fields": {"pipeline_id": 1, "pipeline_stage_id": 14}}}
+    tags = {"kind": "tags", "items": [], "action": {"changes": {"r:3:c#0": {"add": ["vip"]}}}, "bulk": None}
+    assert narrator.phrase(_entry("r:14:c#0", assign), "conversation 14") == "assigned conversation 14 to Ana"
+    assert narrator.phrase(_entry("r:9:c#1", move), "it") == "moved it to pipeline 1 stage 14"
+    assert narrator.phrase(_entry("r:3:c#0", tags), "conversation 3") == "set tags +vip on conversation 3"
+    failed = _entry("r:9:c#1", move, "failed", reason="400 BadRequest: stage 90")
+    assert narrator.phrase(failed, "it") == "FAILED to move it (400 BadRequest: stage 90)"
+    skipped = _entry("r:9:c#0", assign, outcome={"result": "skipped", "reason": "moot: the team answered"})
+    assert (
+        narrator.phrase(skipped, "conversation 9")
+        == "skipped 'assign' on conversation 9 (moot: the team answered)"
+    )

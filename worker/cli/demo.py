@@ -30,12 +30,12 @@ from worker.api.errors import ApiError
 from worker.app import App
 from worker.cli import app
 from worker.cli.common import rulebook_or_exit, settings_or_exit
-from worker.cli.words import agent_name, clip, firing_verb, is_followup, pool_words, why_words
+from worker.cli.words import agent_name, clip, firing_verb, is_followup, pool_words, step_words, why_words
 from worker.clock import Clock, ShiftedClock
 from worker.logs import configure_logging
 from worker.rules.context import EvalContext
 from worker.rules.durations import DurationError, parse_duration
-from worker.rules.firing import action_index, firing_of
+from worker.rules.firing import Step, action_index, firing_of
 from worker.rules.model import RuleSet
 from worker.scheduling.snapshots import read_snapshot
 from worker.simulator import Simulator, serve
@@ -278,6 +278,12 @@ class Narrator:
         kind = action.get("type")
         if kind == "run_automation":
             return f"ran automation {action.get('automation_id')} on {subject}"
+        if kind not in ("reply", "note"):  # e.g. tag changes: their own words
+            try:
+                words = step_words(Step.from_dict(entry.payload), self.ruleset, entry.key, entry.rule_id)
+            except (KeyError, TypeError, ValueError):
+                words = str(kind)
+            return f"set {words} on {subject}"
         text = clip(self._sent_text(entry) or str(action.get("text") or action.get("predefined") or ""), 32)
         sent_as = entry.outcome.get("message_type")
         channel = self._channel(int(entry.conversation_id))
