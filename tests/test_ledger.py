@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import redis
 
+from tests.support.hostile_loop import capture_logs, events
 from worker.clock import FakeClock
 from worker.rules.firing import firing_key, split_firing_key
 from worker.state.ledger import (
@@ -147,6 +148,20 @@ def test_redrive_limit_fails_the_firing(redis_client: redis.Redis, clock: FakeCl
     entry = ledger.get("r:1:x")
     assert entry is not None and (entry.state, entry.reason) == ("failed", "redrive_limit")
     assert read_audit(redis_client)[-1]["reason"] == "redrive_limit"
+
+
+def test_a_firing_failed_at_the_redrive_limit_is_logged_at_warning(
+    redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    ledger = make(redis_client, clock, max_redrives=1)
+    ledger.claim("r:1:x", {})
+    clock.advance(61)
+    assert len(ledger.due_redrives()) == 1
+    logs = capture_logs()
+    clock.advance(200)
+    assert ledger.due_redrives() == []
+    (failed,) = events(logs, "firing_failed")
+    assert (failed["level"], failed["key"], failed["reason"]) == ("warning", "r:1:x", "redrive_limit")
 
 
 def test_redrive_respects_limit_argument(redis_client: redis.Redis, clock: FakeClock) -> None:

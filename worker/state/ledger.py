@@ -144,6 +144,8 @@ for _, key in ipairs(keys) do
     redis.call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'key', key, 'state', 'failed',
       'rule_id', e[4] or '', 'conversation_id', e[5] or '', 'attempts', e[6] or '0',
       'reason', 'redrive_limit', 'at', ARGV[1])
+    table.insert(out, key)
+    table.insert(out, '')
   else
     redis.call('hincrby', entry, 'redrives', 1)
     redis.call('zadd', KEYS[1], ARGV[3], key)
@@ -293,7 +295,10 @@ class Ledger:
                 self._audit_maxlen,
             ],
         )
-        pairs = [(_text(flat[i]), json.loads(flat[i + 1])) for i in range(0, len(flat), 2)]
+        raw = [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
+        for key, _ in (pair for pair in raw if not pair[1]):  # failed by the script: say so
+            log.warning("firing_failed", key=key, reason="redrive_limit", redrives=self.max_redrives)
+        pairs = [(key, json.loads(payload)) for key, payload in raw if payload]
         if pairs:
             log.warning("firings_redriven", count=len(pairs))
         return pairs
