@@ -92,3 +92,27 @@ def test_cli_refuses_the_embedded_redis() -> None:
     result = CliRunner().invoke(app, ["dead-letters", "list"], env={"INBOXPILOT_REDIS_URL": ""})
     assert result.exit_code == 2
     assert "needs INBOXPILOT_REDIS_URL" in result.output
+
+
+def test_cli_retry_all_and_drop_all(broker: dramatiq.Broker, ledger: Ledger, redis_url: str) -> None:
+    if not redis_url:
+        pytest.skip("the dead-letters command needs a shared Redis: set REDIS_URL")
+    dead_letter_a_step(broker, ledger)
+    runner = CliRunner()
+    env = {"INBOXPILOT_REDIS_URL": redis_url}
+    retried = runner.invoke(app, ["dead-letters", "retry", "--all"], env=env)
+    assert retried.exit_code == 0 and "1 dead letter(s) retried" in retried.stdout, retried.output
+    entry = ledger.get(KEY)
+    assert entry is not None and entry.state == "pending"
+    drain(broker)  # still undecodable: it dies again
+    assert len(list_dead_letters(broker)) == 1
+    dropped = runner.invoke(app, ["dead-letters", "drop", "--all"], env=env)
+    assert dropped.exit_code == 0 and "1 dead letter(s) dropped" in dropped.stdout, dropped.output
+    assert list_dead_letters(broker) == []
+
+
+@pytest.mark.parametrize("args", [[], ["x-1", "--all"]], ids=["neither", "both"])
+def test_cli_retry_needs_ids_or_all(args: list[str]) -> None:
+    result = CliRunner().invoke(app, ["dead-letters", "retry", *args], env={"INBOXPILOT_REDIS_URL": ""})
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "inboxpilot: give dead-letter ids or --all (one of the two)"

@@ -1,7 +1,7 @@
-"""The README's configuration reference, generated from the `Settings` model.
+"""The README's configuration reference and exit codes, generated from the code.
 
-``python -m worker.docs`` prints the table; ``python -m worker.docs --write``
-replaces the table between the markers in README.md. A test fails when the
+``python -m worker.docs`` prints the tables; ``python -m worker.docs --write``
+replaces the tables between the markers in README.md. A test fails when the
 README's copy differs from what this module generates.
 """
 
@@ -19,6 +19,8 @@ from worker.config import ENV_PREFIX, Settings
 
 START_MARKER = "<!-- settings-table:start -->"
 END_MARKER = "<!-- settings-table:end -->"
+EXIT_START = "<!-- exit-codes:start -->"
+EXIT_END = "<!-- exit-codes:end -->"
 README = Path(__file__).resolve().parent.parent / "README.md"
 FIX_COMMAND = "python -m worker.docs --write"
 
@@ -70,22 +72,38 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def with_table(readme: str, table: str) -> str:
+def exit_codes_table() -> str:
+    """A Markdown table of the CLI's exit codes (`worker.cli.failures.EXIT_CODES`)."""
+    from worker.cli.failures import EXIT_CODES
+
+    rows = ["| exit code | meaning |", "|---|---|"]
+    rows += [f"| {code} | {_cell(meaning)} |" for code, meaning in EXIT_CODES.items()]
+    return "\n".join(rows)
+
+
+def with_table(readme: str, table: str, start: str = START_MARKER, end: str = END_MARKER) -> str:
     """`readme` with the text between the markers replaced by `table`."""
-    if START_MARKER not in readme or END_MARKER not in readme:
-        raise ValueError(f"README has no {START_MARKER} ... {END_MARKER} block")
-    head, rest = readme.split(START_MARKER, 1)
-    _, tail = rest.split(END_MARKER, 1)
-    return f"{head}{START_MARKER}\n{table}\n{END_MARKER}{tail}"
+    if start not in readme or end not in readme:
+        raise ValueError(f"README has no {start} ... {end} block")
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{table}\n{end}{tail}"
+
+
+def current_readme(readme: str) -> str:
+    """`readme` with every generated block brought up to date."""
+    readme = with_table(readme, settings_table())
+    return with_table(readme, exit_codes_table(), EXIT_START, EXIT_END)
 
 
 def main(argv: list[str]) -> int:
-    table = settings_table()
     if "--write" in argv:
-        README.write_text(with_table(README.read_text(), table))
-        print(f"updated the settings table in {README}")
+        README.write_text(current_readme(README.read_text()))
+        print(f"updated the settings and exit-code tables in {README}")
     else:
-        print(table)
+        print(settings_table())
+        print()
+        print(exit_codes_table())
     return 0
 
 

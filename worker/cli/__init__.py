@@ -32,6 +32,20 @@ from worker.cli import (  # noqa: E402
     sandbox,  # noqa: F401
     sla_cmds,  # noqa: F401
 )
+from worker.cli.failures import guarded  # noqa: E402
+
+
+def _guard_all(typer_app: typer.Typer) -> None:
+    """Wrap every command so that no failure reaches the user as a traceback."""
+    for info in typer_app.registered_commands:
+        if info.callback is not None:
+            info.callback = guarded(info.callback)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _guard_all(group.typer_instance)
+
+
+_guard_all(app)
 
 
 def main() -> None:

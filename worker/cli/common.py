@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from worker.cli import app
+from worker.cli.failures import EXIT_USAGE, Failure, remember
 from worker.config import CONFIG_FILE_ENV, ENV_PREFIX, Settings, SettingsError, load_settings
 from worker.logs import configure_logging
 from worker.redact import url_secrets
@@ -16,16 +17,27 @@ from worker.rules.book import Rulebook
 from worker.rules.errors import RulesInvalid
 
 
-def settings_or_exit(**overrides: Any) -> Settings:
-    """Load settings; on a bad value print one line per problem and exit 2."""
+def settings_or_exit(*, needs_token: bool = False, service: bool = False, **overrides: Any) -> Settings:
+    """Load settings; on a bad value print one line per problem and exit 2.
+
+    `needs_token`: the command calls the API, so a missing token is a settings error too.
+    `service`: a long-running command (run, sandbox) logs at the configured level; the
+    others speak through their output and log only errors unless a level was set.
+    """
     try:
         settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except SettingsError as exc:
-        for line in str(exc).splitlines():
-            typer.echo(f"inboxpilot: {line}", err=True)
-        raise typer.Exit(2) from None
+        raise Failure(EXIT_USAGE, *str(exc).splitlines()) from None
+    remember(settings)
+    if needs_token and not settings.api_token.get_secret_value():
+        raise Failure(
+            EXIT_USAGE,
+            f"setting {ENV_PREFIX}API_TOKEN: required to call the API (the bearer token of the "
+            "Conversations API; for the simulator: sandbox-token)",
+        )
+    quiet = not service and settings.sources["log_level"] == "default"
     configure_logging(
-        settings.log_level,
+        "ERROR" if quiet else settings.log_level,
         settings.log_format,
         secrets=[
             settings.api_token.get_secret_value(),

@@ -20,6 +20,7 @@ import typer
 
 from worker.cli import app
 from worker.cli.common import settings_or_exit
+from worker.cli.failures import EXIT_USAGE, Failure
 from worker.clock import SystemClock
 from worker.queue.broker import AMQP_SCHEMES, build_broker
 from worker.queue.dead_letters import drop_dead_letter, item_keys, list_dead_letters, reopen_and_retry
@@ -73,26 +74,45 @@ def list_cmd(
         typer.echo(f"{len(letters)} dead letter(s)", err=True)
 
 
+IDS_HELP = "Dead-letter ids, as `list` shows them"
+ALL_HELP = "Every dead letter (of --queue when given) instead of ids"
+
+
 @dead_letters_app.command("retry")
 def retry_cmd(
-    ids: list[str] = typer.Argument(..., help="Dead-letter ids, as `list` shows them"),
+    ids: list[str] | None = typer.Argument(None, help=IDS_HELP, show_default=False),
     queue: str | None = typer.Option(None, "--queue", help=QUEUE_HELP),
+    every: bool = typer.Option(False, "--all", help=ALL_HELP),
 ) -> None:
     """Re-enqueue dead letters with fresh retries; their firings go back to pending first."""
+    _check_ids(ids, every)
     with _broker_and_ledger() as (broker, ledger):
-        missing = [i for i in ids if not reopen_and_retry(broker, ledger, i, queue)]
-    _report(len(ids) - len(missing), "retried", missing)
+        chosen = _all_ids(broker, queue) if every else ids or []
+        missing = [i for i in chosen if not reopen_and_retry(broker, ledger, i, queue)]
+    _report(len(chosen) - len(missing), "retried", missing)
 
 
 @dead_letters_app.command("drop")
 def drop_cmd(
-    ids: list[str] = typer.Argument(..., help="Dead-letter ids, as `list` shows them"),
+    ids: list[str] | None = typer.Argument(None, help=IDS_HELP, show_default=False),
     queue: str | None = typer.Option(None, "--queue", help=QUEUE_HELP),
+    every: bool = typer.Option(False, "--all", help=ALL_HELP),
 ) -> None:
     """Delete dead letters for good (their firings stay failed in the ledger)."""
+    _check_ids(ids, every)
     with _broker_and_ledger() as (broker, _ledger):
-        missing = [i for i in ids if not drop_dead_letter(broker, i, queue)]
-    _report(len(ids) - len(missing), "dropped", missing)
+        chosen = _all_ids(broker, queue) if every else ids or []
+        missing = [i for i in chosen if not drop_dead_letter(broker, i, queue)]
+    _report(len(chosen) - len(missing), "dropped", missing)
+
+
+def _check_ids(ids: list[str] | None, every: bool) -> None:
+    if bool(ids) == every:
+        raise Failure(EXIT_USAGE, "give dead-letter ids or --all (one of the two)")
+
+
+def _all_ids(broker: dramatiq.Broker, queue: str | None) -> list[str]:
+    return [letter.id for letter in list_dead_letters(broker, queue)]
 
 
 def _report(done: int, verb: str, missing: list[str]) -> None:

@@ -36,20 +36,22 @@ def explain(
 ) -> None:
     """Fetch one conversation and show, per rule, whether it matches, why, and when it will fire."""
     from worker.api.client import ApiClient
-    from worker.api.errors import ApiError
+    from worker.api.errors import NotFound
     from worker.api.services import Services
     from worker.rules.evaluator import evaluate
     from worker.rules.explain import format_explanation
     from worker.scheduling.snapshots import read_snapshot
 
-    settings = settings_or_exit()
+    settings = settings_or_exit(needs_token=True)
     rules = rulebook_or_exit(settings.rules_path)
     api = Services(ApiClient.from_settings(settings))
     try:
         record = api.conversations.get(conversation)
         snapshot = read_snapshot(api, rules.ruleset, record)
-    except ApiError as exc:
-        typer.echo(f"inboxpilot: cannot read conversation {conversation}: {exc}", err=True)
+    except NotFound as exc:
+        if exc.message.lstrip().startswith("<"):
+            raise  # an HTML 404: a wrong API URL, not a missing conversation
+        typer.echo(f"inboxpilot: the API has no conversation {conversation} ({exc.message})", err=True)
         raise typer.Exit(1) from None
     if snapshot is None:
         typer.echo(
@@ -93,7 +95,7 @@ def plan_command(
     from worker.runtime import Runtime
     from worker.scheduling.tick import Loop
 
-    settings = settings_or_exit()
+    settings = settings_or_exit(needs_token=True)
     rules = rulebook_or_exit(settings.rules_path)
 
     class _Keep:

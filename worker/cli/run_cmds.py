@@ -7,12 +7,18 @@ import signal
 import sys
 import threading
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import typer
 
 from worker.cli import app
 from worker.cli.common import rulebook_or_exit, settings_or_exit
+from worker.cli.failures import EXIT_PORT, Failure
 from worker.logs import get_logger
+
+if TYPE_CHECKING:
+    from worker.app import App
+    from worker.health import HealthServer
 
 log = get_logger("worker.run")
 
@@ -30,7 +36,7 @@ def run(
     processes: int = typer.Option(1, "--processes", min=1, max=64, help="Worker processes (role worker)"),
 ) -> None:
     """Run the worker until SIGTERM/Ctrl-C; in-flight actions finish before it exits."""
-    settings = settings_or_exit()
+    settings = settings_or_exit(needs_token=True, service=True)
     if not settings.redis_url:
         if role is not Role.all:
             typer.echo(
@@ -42,6 +48,8 @@ def run(
             detail="no INBOXPILOT_REDIS_URL: the ledger, timers and queue live in this process "
             "and do not survive a restart",
         )
+    else:
+        _redis_answers(settings.redis_url)
     if role is Role.worker and processes > 1:
         _exec_dramatiq(processes, threads)
     rules = rulebook_or_exit(settings.rules_path)
@@ -50,7 +58,12 @@ def run(
     from worker.rules.book import RELOAD_INTERVAL_S
 
     built = App.build(settings, rulebook=rules)
-    health = built.health_server(settings.metrics_port) if settings.metrics_port else None
+    try:
+        _api_answers(built)
+        health = _health(built, settings.metrics_port)
+    except BaseException:
+        built.close()
+        raise
     scheduler = built.scheduler() if role in (Role.all, Role.scheduler) else None
     worker = built.worker(threads) if role in (Role.all, Role.worker) else None
     if scheduler is not None and health is not None:
@@ -72,6 +85,49 @@ def run(
     if health is not None:
         health.stop()
     built.close()
+
+
+def _redis_answers(url: str) -> None:
+    """A Redis that does not answer at start is a setup error (exit 4), not something to wait out."""
+    from worker.state.redis_conn import connect
+
+    connect(url).ping()
+
+
+def _api_answers(built: App) -> None:
+    """One cheap find before starting: a setup the API refuses ends here with one line (exit 3).
+
+    An API that is only down or busy (refused, timeout, 429, 5xx) is waited out like any
+    outage later on: the scheduler retries and /readyz says so.
+    """
+    from worker.api import errors
+    from worker.api.services import CONVERSATIONS
+
+    client = built.runtime.api.client
+    try:
+        client.find_page(CONVERSATIONS, {"organization_id": client.organization_id, "$limit": 1})
+    except (
+        errors.NotAuthenticated,
+        errors.Forbidden,
+        errors.NotFound,
+        errors.Redirected,
+        errors.MalformedResponse,
+    ):
+        raise  # a wrong token, organization or URL: waiting will not fix it
+    except errors.ApiError as exc:
+        log.warning("api_unavailable_at_start", error=str(exc), detail="waiting for it like any outage")
+
+
+def _health(built: App, port: int) -> HealthServer | None:
+    if not port:
+        return None
+    try:
+        return built.health_server(port)
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise Failure(
+            EXIT_PORT, f"cannot listen on 0.0.0.0:{port} (INBOXPILOT_METRICS_PORT): {reason}"
+        ) from None
 
 
 def _stop_event() -> threading.Event:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 import typer
 import uvicorn
 
 from worker.cli import app
 from worker.cli.common import settings_or_exit
+from worker.cli.failures import EXIT_PORT, Failure
 from worker.simulator import DEFAULT_TOKEN, FaultConfig, Simulator
 
 
@@ -27,7 +31,8 @@ def sandbox(
     fault_seed: int = typer.Option(0, help="Seed of the fault RNG."),
 ) -> None:
     """Serve the API simulator (Feathers semantics, in memory) for demos and manual tests."""
-    settings = settings_or_exit()
+    settings = settings_or_exit(service=True)
+    listener = _listen(host, port)  # before the banner: a busy port is one line, nothing else
     configured = settings.api_token.get_secret_value()
     accepted = token or configured or DEFAULT_TOKEN
     faults = _faults(fault_error_rate, fault_commit_then_fail_rate, fault_rate_limit, fault_latency_s)
@@ -46,7 +51,18 @@ def sandbox(
     typer.echo(
         f"  try: curl -H \"Authorization: Bearer $TOKEN\" '{url}/conversations?$limit=100&status=open'"
     )
-    uvicorn.run(sim.app, host=host, port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(uvicorn.Config(sim.app, log_level="warning", lifespan="off"))
+    server.run(sockets=[listener])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a port in use is reported cleanly (exit 5)."""
+    try:
+        sock = socket.create_server((host, port), reuse_port=False)
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise Failure(EXIT_PORT, f"cannot listen on {host}:{port}: {reason}") from None
+    return sock
 
 
 def _faults(error_rate: float, commit_rate: float, rate_limit: float, latency_s: float) -> FaultConfig:
