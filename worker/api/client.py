@@ -340,6 +340,24 @@ class ApiClient:
                 self._clock.sleep(delay_s)
                 attempt += 1
 
+    def put_signed(self, url: str, data: bytes, content_type: str) -> None:
+        """PUT a file to a signed upload URL: without our token (the signature is the
+        permission, and the URL may be another host), never following a redirect."""
+        path = UPLOAD_PATH_LABEL  # never the URL itself: its query string is a credential
+        self._bucket.acquire()
+        started = time.perf_counter()
+        try:
+            response = self._http.put(url, content=data, headers={"Content-Type": content_type})
+        except httpx.RequestError as exc:
+            self._observe("PUT", path, 0, started)
+            raise _request_error(exc, "PUT", path) from None
+        self._observe("PUT", path, response.status_code, started)
+        status = response.status_code
+        if 300 <= status < 400:
+            raise redirected(status, None, method="PUT", path=path)
+        if status >= 400 or status < 200:
+            raise from_response(status, response.content, method="PUT", path=path)
+
     def _retry_delay(self, method: str, exc: ApiError, attempt: int) -> float | None:
         """Seconds to wait before retrying, or None when the error must be raised."""
         if method not in READ_METHODS or not exc.retryable or attempt >= self._read_retries:
@@ -472,6 +490,9 @@ def _server_date(response: httpx.Response) -> datetime | None:
         if when.tzinfo is not None:
             return when.astimezone(UTC)
     return None
+
+
+UPLOAD_PATH_LABEL = "(signed upload)"
 
 
 def _item(path: str, id: int | str) -> str:

@@ -326,14 +326,21 @@ class FilesService:
     def __init__(self, client: ApiClient) -> None:
         self._client = client
 
-    def sign_upload(self, file_name: str, file_type: str, **fields: Any) -> SignedUpload:
+    def sign_upload(
+        self, file_name: str, file_type: str, *, idempotency_key: str | None = None, **fields: Any
+    ) -> SignedUpload:
         body = {
             "organization_id": self._client.organization_id,
             "file_name": file_name,
             "file_type": file_type,
             **fields,
         }
-        return parse_record(SignedUpload, self._client.create(S3_URL_SIGNING, body), S3_URL_SIGNING)
+        signed = self._client.create(S3_URL_SIGNING, body, idempotency_key=idempotency_key)
+        return parse_record(SignedUpload, signed, S3_URL_SIGNING)
+
+    def put(self, signed: SignedUpload, data: bytes, file_type: str) -> None:
+        """Upload the file's bytes to the signed URL (no token: the signature is the permission)."""
+        self._client.put_signed(signed.url, data, file_type)
 
     def create_file(
         self,

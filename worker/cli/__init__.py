@@ -27,6 +27,7 @@ from worker.cli import (  # noqa: E402
     demo,  # noqa: F401
     firings_cmds,  # noqa: F401
     inspect_cmds,  # noqa: F401
+    predefined_cmds,  # noqa: F401
     rules_cmds,  # noqa: F401
     run_cmds,  # noqa: F401
     sandbox,  # noqa: F401

@@ -50,6 +50,10 @@ class Action(BaseModel):
     def needs_contact(self) -> bool:
         return False
 
+    def files_used(self) -> Iterable[tuple[str, str]]:
+        """(field, reference) of each attachment, checked against the rules folder at load."""
+        return ()
+
     def noop_given(self, cond: Condition) -> bool:
         """True when `cond` holding means this action changes nothing, so the rule matches again."""
         return False

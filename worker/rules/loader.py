@@ -105,6 +105,8 @@ def discover(paths: Iterable[str | Path], *, recursive: bool = False) -> tuple[l
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
             found = sorted(p for ext in ("yaml", "yml") for p in path.glob(f"{pattern}.{ext}") if p.is_file())
+            # predefined/ holds canned replies, not rules (worker/rules/predefined.py)
+            found = [p for p in found if "predefined" not in p.relative_to(path).parts[:-1]]
             files.extend(p for p in found if p not in files)
         elif path.is_file():
             if path not in files:

@@ -9,6 +9,7 @@ commit-then-fail (503 or a dropped connection) -> audit (mutating calls).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -215,15 +216,44 @@ async def not_found(request: Request) -> Response:
 
 
 async def upload(request: Request) -> Response:
+    """S3's side of a signed upload: audited like an API write (body: size and content hash),
+    and open to the same faults, so a chaos run can lose the answer to a stored upload."""
     sim: Simulator = request.app.state.simulator
     key = request.path_params["key"]
-    signature = request.query_params.get("X-Amz-Signature", "")
-    if signature != upload_signature(key):
+    data = await request.body()
+    trace = _Trace()
+    response = _store_upload(sim, request, key, data, trace)
+    sim.audit.record(
+        time=sim.clock.now(),
+        method="PUT",
+        path=request.url.path,
+        body={"size": len(data), "sha256": hashlib.sha256(data).hexdigest()},
+        status=response.status_code,
+        idempotency_key=None,
+        outcome=trace.outcome,
+        fault=trace.fault,
+    )
+    return response
+
+
+def _store_upload(sim: Simulator, request: Request, key: str, data: bytes, trace: _Trace) -> Response:
+    if request.query_params.get("X-Amz-Signature", "") != upload_signature(key):
         return error_response(Forbidden("Invalid or missing upload signature"))
-    size = len(await request.body())
+    targeted = sim.faults.targets(request.url.path)
+    if targeted and sim.faults.roll_error():
+        trace.outcome, trace.fault = "fault", "error"
+        return error_response(GeneralError("Injected fault: internal error, nothing was stored"))
     with sim.lock:
-        sim.store.uploads[key] = size
-    return JSONResponse({"s3_key": key, "size": size})
+        sim.store.uploads[key] = len(data)
+    trace.outcome = "applied"
+    if targeted:
+        try:
+            _post_faults(sim, trace)
+        except FeathersError as exc:
+            return error_response(exc)
+        if trace.fault == "commit_then_fail_drop":
+            return DroppedResponse(status_code=200)
+    return JSONResponse({"s3_key": key, "size": len(data)})
 
 
 # --- admin ----------------------------------------------------------------------------------

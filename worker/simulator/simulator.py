@@ -117,6 +117,21 @@ class Simulator:
             found = self.store.messages[channel].candidates({"conversation_id": conversation_id})
             return sorted((copy.deepcopy(m) for m in found), key=lambda m: (m["created_at"], m["_id"]))
 
+    def predefined_message(self, title: str, text: str, **fields: Any) -> Rec:
+        """A canned reply someone made in the app."""
+        with self.lock:
+            now = self.store.now()
+            record = {
+                **fields,
+                "id": self.store.next_id("predefined"),
+                "organization_id": self.organization_id,
+                "title": title,
+                "message_text": text,
+                "created_at": now,
+                "updated_at": now,
+            }
+            return copy.deepcopy(self.store.predefined.insert(record))
+
     def add_view(self, view_id: int, filters: dict[str, Any]) -> None:
         """A saved view that bulk actions can target by `view_id`."""
         with self.lock:

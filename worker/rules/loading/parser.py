@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -10,6 +11,7 @@ from pydantic import ValidationError
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from worker.rules.actions import ACTIONS, Action
+from worker.rules.attachments import AttachmentError, resolve
 from worker.rules.conditions import CONDITIONS
 from worker.rules.loading.documents import State
 from worker.rules.loading.positions import Pos, child_pos, join, locate, to_plain
@@ -125,6 +127,12 @@ class RuleParser:
             if name not in self.state.pools:
                 where = locate(value, (field_name,), vpos)
                 self.report.add(where, join(here, field_name), unknown("pool", name, self.state.pools))
+                return None
+        for field_name, ref in action.files_used():
+            try:  # a file next to the rules: relative to the folder of the rule file
+                resolve(Path(self.report.file).parent, ref)
+            except AttachmentError as exc:
+                self.report.add(locate(value, (field_name,), vpos), join(here, field_name), str(exc))
                 return None
         return action, here, vpos
 
