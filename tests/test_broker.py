@@ -18,7 +18,7 @@ from worker.logs import register_secret
 from worker.queue import broker as broker_mod
 from worker.queue.broker import build_broker
 from worker.queue.dead_letters import DeadLetter, drop_dead_letter, list_dead_letters, retry_dead_letter
-from worker.queue.middleware import DeadLetterNotice, LogContext
+from worker.queue.middleware import ArmedTimeLimit, DeadLetterNotice, LogContext
 
 AMQP_URL = os.environ.get("AMQP_URL", "")
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -84,10 +84,16 @@ def test_redis_broker_is_configured_on_purpose() -> None:
     by_type = {type(m): m for m in built.middleware}
     retries = by_type[Retries]
     assert (retries.max_retries, retries.min_backoff, retries.max_backoff) == (8, 1_000, 60_000)
-    assert by_type[TimeLimit].time_limit == 60_000
+    assert by_type[ArmedTimeLimit].time_limit == 60_000  # armed in every process (finding 13.3)
     assert by_type[AgeLimit].max_age == 3_600_000
     assert LogContext in by_type and DeadLetterNotice in by_type
     assert not any("Prometheus" in type(m).__name__ for m in built.middleware)
+
+
+def test_the_actor_time_limit_is_a_setting() -> None:
+    built = build_broker(Settings(redis_url="", actor_time_limit_s=5), set_global=False)
+    (limit,) = [m for m in built.middleware if isinstance(m, TimeLimit)]
+    assert isinstance(limit, ArmedTimeLimit) and limit.time_limit == 5_000
 
 
 def test_set_global(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,9 @@ class Clock(Protocol):
     def sleep(self, seconds: float) -> None: ...
 
 
+SLEEP_SLICE_S = 0.25
+
+
 class SystemClock:
     """The wall clock."""
 
@@ -28,8 +31,11 @@ class SystemClock:
         return datetime.now(UTC)
 
     def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            time.sleep(seconds)
+        # In slices: dramatiq's TimeLimit interrupts a worker thread only between Python
+        # instructions, so one long time.sleep (a 30 s read backoff) would outlive the limit.
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, SLEEP_SLICE_S))
 
 
 class ShiftedClock:
@@ -48,8 +54,11 @@ class ShiftedClock:
         return datetime.now(UTC) + self._offset
 
     def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            time.sleep(seconds)
+        # In slices: dramatiq's TimeLimit interrupts a worker thread only between Python
+        # instructions, so one long time.sleep (a 30 s read backoff) would outlive the limit.
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, SLEEP_SLICE_S))
 
 
 class FakeClock:

@@ -32,6 +32,7 @@ from worker.redact import mask_url
 
 ENV_PREFIX = "INBOXPILOT_"
 CONFIG_FILE_ENV = "INBOXPILOT_CONFIG"
+DEFAULT_ACTOR_TIME_LIMIT_S = 60.0
 MAX_PAGE_SIZE = 50  # the API contract: every find uses $limit <= 50
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Where a value came from, as `inboxpilot config` reports it.
@@ -75,6 +76,12 @@ class Settings(BaseSettings):
     resync_interval_s: float = Field(default=600.0, ge=1, le=7 * 86400, description="Full resync period.")
     timer_pump_interval_s: float = Field(default=1.0, ge=0.05, le=60, description="Due-timer pump period.")
     page_size: int = Field(default=50, ge=1, le=MAX_PAGE_SIZE, description="$limit per find (<= 50).")
+    actor_time_limit_s: float = Field(
+        default=DEFAULT_ACTOR_TIME_LIMIT_S,
+        ge=1,
+        le=3600,
+        description="One actor attempt is interrupted (and retried) after this long.",
+    )
     poll_max_pages: int = Field(
         default=200,
         ge=1,

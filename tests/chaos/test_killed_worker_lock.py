@@ -1,7 +1,7 @@
 """A worker SIGKILLed mid-task leaves its per-item lock to expire: the firing must still happen.
 
 Found by the chaos run: a redelivery that found the item busy retried every 2 s,
-spent all of dramatiq's retries while the dead worker's lock (65 s) still stood,
+spent all of dramatiq's retries while the dead worker's lock (75 s) still stood,
 and was dead-lettered; the ledger then marked a firing that never ran as failed.
 """
 

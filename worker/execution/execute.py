@@ -40,7 +40,7 @@ from dramatiq.errors import Retry
 
 # The built-in step kinds register themselves on import.
 from worker.execution import automations, bulk, messages, tags  # noqa: F401
-from worker.execution.policy import EXEC_LOCK_TTL_MS, outcomes
+from worker.execution.policy import outcomes, settings_lock_ttl_ms
 from worker.execution.registry import EXECUTORS
 from worker.execution.runs import Run, finish
 from worker.logs import get_logger
@@ -54,7 +54,9 @@ log = get_logger(__name__)
 def execute(runtime: Runtime, step: Step) -> None:
     """Execute `step`: each item at most once, with its outcome recorded in the ledger."""
     try:
-        with item_locks(runtime.redis, [item.key for item in step.items], EXEC_LOCK_TTL_MS):
+        with item_locks(
+            runtime.redis, [item.key for item in step.items], settings_lock_ttl_ms(runtime.settings)
+        ):
             _execute_locked(runtime, step)
     except ItemBusy as busy:
         log.info("firing_busy", key=busy.key, retry_ms=busy.retry_ms)

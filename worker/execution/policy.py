@@ -24,9 +24,12 @@ The code below (`outcomes`, `left_for_redrive`) is this list.
 - a snapshot read failing at poll time: the next poll or resync; a conversation that keeps
   failing is quarantined (`worker/state/quarantine.py`) -> not claimed.
 
-An attempt is bounded by ``TIME_LIMIT_MS`` (dramatiq's TimeLimit); the per-item
-lock lives a little longer (``EXEC_LOCK_TTL_MS``) so it never expires under a
-running attempt.
+An attempt is bounded by the actor time limit (setting ``actor_time_limit_s``,
+dramatiq's TimeLimit, armed in every process by `ArmedTimeLimit`); the per-item
+lock lives longer (`exec_lock_ttl_ms`) so it never expires under a running
+attempt: the interrupt lands only when a blocking socket read returns, which the
+HTTP timeout bounds. An interrupted attempt leaves its items pending and is
+retried like a transient error.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ from contextlib import contextmanager
 
 import redis
 from dramatiq.errors import Retry
+from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from worker.api.errors import ApiError, RateLimited
+from worker.config import DEFAULT_ACTOR_TIME_LIMIT_S, Settings
 from worker.execution.runs import Run, finish, note_retry
 from worker.rules.templates import TemplateRenderError
 from worker.runtime import Runtime
@@ -46,9 +51,24 @@ from worker.state.locks import BUSY_RETRY_MS
 MAX_RETRIES = 8
 MIN_BACKOFF_MS = 1_000
 MAX_BACKOFF_MS = 60_000
-TIME_LIMIT_MS = 60_000
+TIME_LIMIT_MS = int(DEFAULT_ACTOR_TIME_LIMIT_S * 1000)
 MAX_AGE_MS = 3600 * 1000
-EXEC_LOCK_TTL_MS = TIME_LIMIT_MS + 5_000
+# TimeLimit checks once a second; then the lock's own margin.
+LOCK_MARGIN_MS = 5_000
+
+
+def exec_lock_ttl_ms(time_limit_ms: int, http_timeout_s: float) -> int:
+    """The per-item lock's TTL: one attempt at most, and a blocking read the limit cannot cut."""
+    return time_limit_ms + int(http_timeout_s * 1000) + LOCK_MARGIN_MS
+
+
+def settings_lock_ttl_ms(settings: Settings) -> int:
+    """`exec_lock_ttl_ms` for these settings."""
+    return exec_lock_ttl_ms(int(settings.actor_time_limit_s * 1000), settings.http_timeout_s)
+
+
+# With the default settings (60 s limit, 10 s HTTP timeout): 75 s.
+EXEC_LOCK_TTL_MS = exec_lock_ttl_ms(TIME_LIMIT_MS, 10.0)
 
 
 @contextmanager
@@ -87,8 +107,8 @@ def left_for_redrive(exception: BaseException | None) -> str | None:
     """Why a dead letter's items stay pending for the ledger's re-drive, or None to fail them."""
     if exception is None:
         return "age_limit"
-    if isinstance(exception, Retry | redis.RedisError):
-        return "transient"
+    if isinstance(exception, Retry | redis.RedisError | TimeLimitExceeded):
+        return "transient"  # a slow API is an outage too: the re-drive tries again later
     if isinstance(exception, ApiError) and exception.retryable:
         return "transient"
     return None

@@ -22,8 +22,10 @@ Every dramatiq default that matters for exactly-once is set here on purpose:
   Errors that can never succeed (400/422) go straight to the dead letters via
   the actor's ``throws=(...)`` (the convention for non-retryable errors);
   ``raise dramatiq.Retry(delay=ms)`` retries quietly after e.g. a 429.
-- TimeLimit 60 s (default 10 min): an attempt is a few HTTP calls with their own
-  timeouts; a stuck one is interrupted and retried rather than holding a thread.
+- TimeLimit ``actor_time_limit_s`` (60 s; dramatiq's default is 10 min): an attempt is
+  a few HTTP calls with their own timeouts; a stuck one is interrupted and retried
+  rather than holding a thread. `ArmedTimeLimit` arms it in every process: dramatiq
+  only does so in its own CLI (`after_process_boot`), not for in-process workers.
 - AgeLimit 1 h: a message that waited that long (a worker outage) is dropped to
   the dead letters instead of acting on stale data; its firing is still pending
   in the ledger, which re-drives it with fresh state.
@@ -47,14 +49,13 @@ from dramatiq.middleware import (
     Pipelines,
     Retries,
     ShutdownNotifications,
-    TimeLimit,
 )
 
 from worker.config import Settings
 from worker.execution.policy import MAX_AGE_MS, MAX_BACKOFF_MS, MAX_RETRIES, MIN_BACKOFF_MS, TIME_LIMIT_MS
 from worker.logs import get_logger
 from worker.queue.dead_letters import record_dead_letter
-from worker.queue.middleware import DeadLetterNotice, LogContext, RuntimeProvider
+from worker.queue.middleware import ArmedTimeLimit, DeadLetterNotice, LogContext, RuntimeProvider
 from worker.runtime import Runtime
 from worker.state.redis_conn import connect
 
@@ -68,11 +69,13 @@ AMQP_SCHEMES = ("amqp://", "amqps://")
 log = get_logger(__name__)
 
 
-def default_middleware(extra: Sequence[Middleware] = ()) -> list[Middleware]:
+def default_middleware(
+    extra: Sequence[Middleware] = (), *, time_limit_ms: int = TIME_LIMIT_MS
+) -> list[Middleware]:
     """dramatiq's default middleware with our limits, plus CurrentMessage, log context and `extra`."""
     return [
         AgeLimit(max_age=MAX_AGE_MS),
-        TimeLimit(time_limit=TIME_LIMIT_MS),
+        ArmedTimeLimit(time_limit=time_limit_ms),
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
@@ -106,7 +109,7 @@ def build_broker(
         extra = from_runtime + extra
     if not any(isinstance(m, DeadLetterNotice) for m in extra):
         extra.append(DeadLetterNotice())
-    middleware = default_middleware(extra)
+    middleware = default_middleware(extra, time_limit_ms=int(settings.actor_time_limit_s * 1000))
     url = settings.broker_url or settings.redis_url
     broker: dramatiq.Broker
     if url.startswith(AMQP_SCHEMES):

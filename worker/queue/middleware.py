@@ -15,7 +15,7 @@ import dramatiq
 import structlog
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import Middleware
+from dramatiq.middleware import Middleware, TimeLimit
 
 from worker.logs import get_logger, scrub
 from worker.metrics import DEAD_LETTERS
@@ -40,6 +40,35 @@ def firing_context(message: MessageProxy) -> dict[str, Any]:
         if value:
             context[name] = value
     return context
+
+
+class ArmedTimeLimit(TimeLimit):
+    """dramatiq's TimeLimit, armed however the worker runs.
+
+    TimeLimit starts its watchdog thread only in `after_process_boot`, which only
+    dramatiq's own CLI emits; `inboxpilot run`, `--role worker` and `demo` run
+    `dramatiq.Worker` in the process, which emits `worker_boot`. Either signal
+    arms it here, once (the CLI emits both).
+    """
+
+    def __init__(self, *, time_limit: int) -> None:
+        super().__init__(time_limit=time_limit)
+        self.armed = False
+        self._arming = threading.Lock()
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        self._arm(broker)
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._arm(broker)
+
+    def _arm(self, broker: dramatiq.Broker) -> None:
+        with self._arming:
+            if self.armed:
+                return
+            super().after_process_boot(broker)  # type: ignore[no-untyped-call]  # unannotated upstream
+            self.armed = True
+        log.info("actor_time_limit_armed", time_limit_ms=self.time_limit)
 
 
 class LogContext(Middleware):
