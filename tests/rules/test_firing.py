@@ -27,7 +27,7 @@ from worker.rules.model import Once
 
 WORKER = Path(__file__).resolve().parents[2] / "worker"
 # Ways a key could be built or parsed by hand: an item suffix, a split of the key's parts.
-KEY_HANDLING = re.compile(r'rsplit\("#"|split\(":", 2\)|\}#\{|f"\{rule_id\}:\{')
+KEY_HANDLING = re.compile(r'r?split\("#"|r?partition\("#"\)|split\(":", 2\)|\}#\{|f"\{rule_id\}:\{')
 
 
 def test_every_once_value_has_a_situation_with_a_start() -> None:

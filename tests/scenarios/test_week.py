@@ -8,6 +8,7 @@ The other tests tamper with a real run's history to show each check can fail.
 from __future__ import annotations
 
 import dataclasses
+import os
 from datetime import UTC, timedelta
 from zoneinfo import ZoneInfo
 
@@ -28,21 +29,31 @@ from tests.scenarios.routing_checks import check_routing, load_roster
 from tests.scenarios.timeline import BULK, History, build_history
 from tests.scenarios.traffic import TrafficConfig
 from tests.scenarios.week import ROSTER, START, Outcome, run_week, summary
+from worker.clock import FakeClock
 from worker.simulator.audit import AuditEntry
-from worker.simulator.testing import SimulatorHandle
+from worker.simulator.testing import served_simulator
+
+# The shared week runs once for the module; on a busy 2-core machine it can take minutes.
+pytestmark = pytest.mark.timeout(900)
 
 
-@pytest.mark.slow
-def test_a_week_of_traffic_keeps_every_property(
-    simulator: SimulatorHandle, redis_url: str, pytestconfig: pytest.Config
-) -> None:
+@pytest.fixture(scope="module")
+def week(pytestconfig: pytest.Config) -> tuple[Outcome, list[AuditEntry]]:
+    """One seeded week through the real loop, shared by the property test and the tamper tests."""
     config = TrafficConfig(
         start=START,
         days=option(pytestconfig, "days"),
         rate_per_day=option(pytestconfig, "rate"),
         seed=int(option(pytestconfig, "seed")),
     )
-    outcome = run_week(simulator, redis_url, config)
+    with served_simulator(FakeClock(), "scenario-token") as handle:
+        outcome = run_week(handle, os.environ.get("REDIS_URL", ""), config)
+        return outcome, handle.sim.audit_log()
+
+
+@pytest.mark.slow
+def test_a_week_of_traffic_keeps_every_property(week: tuple[Outcome, list[AuditEntry]]) -> None:
+    outcome, _ = week
     print("\n" + summary(outcome))
     assert outcome.violations == []
     # The week must exercise every job, or a silent worker would pass.
@@ -55,11 +66,11 @@ def test_a_week_of_traffic_keeps_every_property(
 
 
 @pytest.fixture
-def short_run(simulator: SimulatorHandle, redis_url: str) -> tuple[Outcome, list[AuditEntry]]:
-    config = TrafficConfig(start=START, days=3, rate_per_day=30, seed=7)
-    outcome = run_week(simulator, redis_url, config)
+def short_run(week: tuple[Outcome, list[AuditEntry]]) -> tuple[Outcome, list[AuditEntry]]:
+    """The tamper tests change a copy of the shared week's history; a clean week is their start."""
+    outcome, audit = week
     assert outcome.violations == [], summary(outcome)
-    return outcome, simulator.sim.audit_log()
+    return outcome, list(audit)
 
 
 def _firing_violations(outcome: Outcome, audit: list[AuditEntry]) -> list[str]:
