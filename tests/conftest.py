@@ -3,12 +3,19 @@
 Redis: when `REDIS_URL` is set (CI sets it) tests use that real server, on a
 database flushed before each test; otherwise they use an isolated in-process
 fakeredis server, so a machine with only Python runs the suite.
+
+The suite runs on two processes (pytest-xdist, `-n 2` in pyproject's addopts;
+`-n 0` runs it in one). Each xdist worker gets its own Redis database — the
+URL's database plus 10 plus the worker's number, modulo 16 — so their flushes never meet;
+the variable is rewritten before any test module reads it, and subprocesses
+the tests start inherit it.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import fakeredis
 import pytest
@@ -16,7 +23,24 @@ import redis
 
 from worker.clock import FakeClock
 
-REDIS_URL = os.environ.get("REDIS_URL", "")
+XDIST_DB_OFFSET = 10
+REDIS_DATABASES = 16  # a default Redis server's `databases`
+
+
+def _per_worker(url: str, worker: str | None) -> str:
+    """`url` on this xdist worker's own database ("gw1" -> db + 11)."""
+    if not url or not worker or not worker.startswith("gw"):
+        return url
+    parts = urlsplit(url)
+    db = parts.path.strip("/")
+    number = int(db) if db.isdigit() else 0
+    own = (number + XDIST_DB_OFFSET + int(worker[2:])) % REDIS_DATABASES
+    return urlunsplit(parts._replace(path=f"/{own}"))
+
+
+REDIS_URL = _per_worker(os.environ.get("REDIS_URL", ""), os.environ.get("PYTEST_XDIST_WORKER"))
+if REDIS_URL:
+    os.environ["REDIS_URL"] = REDIS_URL
 
 
 @pytest.fixture
