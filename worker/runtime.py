@@ -21,6 +21,7 @@ from worker.metrics import observe_api_backoff, observe_api_response
 from worker.rules.book import Rulebook
 from worker.state.api_pause import SharedPause
 from worker.state.ledger import Ledger
+from worker.state.observed import Observations
 from worker.state.redis_conn import connect
 from worker.state.timers import DueTimers
 
@@ -34,6 +35,7 @@ class Runtime:
     ledger: Ledger
     timers: DueTimers
     rulebook: Rulebook
+    observed: Observations
 
     @classmethod
     def build(
@@ -69,6 +71,7 @@ class Runtime:
             ),
             timers=DueTimers(client),
             rulebook=rulebook or Rulebook(Path(settings.rules_path)),
+            observed=Observations(client, clock, ttl_s=settings.ledger_ttl_s),
         )
 
     def close(self) -> None:

@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--token", required=True)
     parser.add_argument("--seed", type=int, default=0, help="fault RNG seed")
+    parser.add_argument("--lenient", action="store_true", help="also serve the extension fields")
     args = parser.parse_args(argv)
-    sim = Simulator(token=args.token, fault_seed=args.seed)
+    # Strict by default: the chaos run works on the documented record only.
+    sim = Simulator(token=args.token, fault_seed=args.seed, strict=not args.lenient)
     SLOW = SlowAnswers(sim.app, args.seed + 1)
     uvicorn.run(SLOW, host="127.0.0.1", port=args.port, log_level="error", lifespan="off")
 

@@ -143,3 +143,24 @@ def test_followups_nudge_then_close(channel: str) -> None:
     assert set(fired(replied + timedelta(hours=48))) == {"followup-nudge-2"}
     closing = fired(replied + timedelta(days=3))["followup-close"]
     assert SetStatusAction(status="closed") in closing
+
+
+def test_validate_says_which_fields_the_documented_api_lacks(tmp_path: Path) -> None:
+    rules = tmp_path / "r.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - id: a\n    once: per_assignment\n    when: {owner: set, assigned_for: 10m}\n"
+        "    then: [{note: x}]\n"
+        "  - id: b\n    when: {initiated_by: customer, in_stage_for: 5m}\n    then: [{note: y}]\n"
+        "  - id: c\n    when: {status: open}\n    then: [{note: z}]\n"
+    )
+    result = CliRunner().invoke(app, ["validate", str(rules)])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("note: ")]
+    assert any(
+        "'a' uses assigned_for: the documented API has no assigned_at: the worker derives" in n for n in notes
+    )
+    assert any("'a' uses once: per_assignment" in n for n in notes)
+    assert any("'b' uses initiated_by: the documented API has no initiated_by" in n for n in notes)
+    assert any("'b' uses in_stage_for: the documented API has no stage_entered_at" in n for n in notes)
+    assert not any("'c'" in n for n in notes)

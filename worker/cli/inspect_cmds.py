@@ -14,6 +14,7 @@ from worker.clock import SystemClock
 from worker.rules.evaluator import Evaluation
 from worker.rules.firing import Step, item_key
 from worker.state.ledger import Ledger
+from worker.state.observed import Observations
 from worker.state.redis_conn import connect
 from worker.state.sla_pauses import SlaPauses
 
@@ -45,8 +46,13 @@ def explain(
     settings = settings_or_exit(needs_token=True)
     rules = rulebook_or_exit(settings.rules_path)
     api = Services(ApiClient.from_settings(settings))
+    shared = connect(settings.redis_url) if settings.redis_url else None
     try:
         record = api.conversations.get(conversation)
+        if shared is not None:  # the owner and stage times the worker observed (read only)
+            record = Observations(shared, SystemClock(), ttl_s=settings.ledger_ttl_s).apply(
+                [record], record=False
+            )[0]
         snapshot = read_snapshot(api, rules.ruleset, record)
     except NotFound as exc:
         if exc.message.lstrip().startswith("<"):
@@ -59,7 +65,6 @@ def explain(
         )
         raise typer.Exit(1)
     now = _parse_time(at) or datetime.now(UTC)
-    shared = connect(settings.redis_url) if settings.redis_url else None
     if shared is not None:  # SLA clocks skip the pauses the worker recorded
         SlaPauses(shared).attach(rules.ruleset, [record], now)
     evaluation = evaluate(rules.ruleset, snapshot, now, explain=True)

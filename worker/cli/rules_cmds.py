@@ -42,6 +42,11 @@ def validate(
         f"ok: {len(rs.all_rules)} rules ({len(rs.rules)} enabled), {len(rs.calendars)} calendars, "
         f"{len(rs.pools)} pools in {len(files)} files"
     )
+    from worker.rules.documented import record_notes
+
+    for rule in rs.all_rules:  # fields the documented API lacks: derived, or never there
+        for note in record_notes(rule):
+            typer.echo(f"note: {note}")
 
 
 Known = tuple[set[str], set[int] | None]

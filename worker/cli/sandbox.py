@@ -29,6 +29,10 @@ def sandbox(
     fault_rate_limit: float = typer.Option(0.0, help="Requests per second per token; 0 = unlimited."),
     fault_latency_s: float = typer.Option(0.0, help="Delay added to every request."),
     fault_seed: int = typer.Option(0, help="Seed of the fault RNG."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Serve only the documented conversation fields (no assigned_at, "
+        "stage_entered_at, initiated_by)."
+    ),
 ) -> None:
     """Serve the API simulator (Feathers semantics, in memory) for demos and manual tests."""
     settings = settings_or_exit(service=True)
@@ -41,6 +45,7 @@ def sandbox(
         organization_id=organization_id or settings.organization_id,
         faults=faults,
         fault_seed=fault_seed,
+        strict=strict,
     )
     sim.seed(seed, seed=rng_seed)
     # Never echo a token: a terminal's scroll-back or a CI log is not a place for one.

@@ -49,6 +49,7 @@ def execute_bulk(runtime: Runtime, step: Step, runs: list[Run]) -> None:
     count = runtime.api.bulk.bulk_action(
         change.action, conversation_ids=ids, idempotency_key=key, **change.as_fields()
     )
+    runtime.observed.wrote(ids, target_fields(change))
     for run in remaining:
         finish(runtime, run, "done", processed_count=count, batch=len(ids))
 

@@ -48,13 +48,14 @@ def read_one(runtime: Runtime, run: Run) -> Fresh | None:
     except NotFound:
         finish(runtime, run, "skipped", reason="gone: the conversation no longer exists")
         return None
-    return Fresh(runtime, conversation)
+    # Fresh state is an observation too: the derived times match the poller's (worker/state/observed.py).
+    return Fresh(runtime, runtime.observed.apply([conversation])[0])
 
 
 def read_many(runtime: Runtime, ids: Sequence[int]) -> dict[int, Conversation]:
     """Conversations by id with one `id[$in]` find (paged by 50); missing ids are gone."""
-    found = runtime.api.conversations.find({"id": {"$in": sorted(set(ids))}})
-    return {conversation.id: conversation for conversation in found}
+    found = list(runtime.api.conversations.find({"id": {"$in": sorted(set(ids))}}))
+    return {conversation.id: conversation for conversation in runtime.observed.apply(found)}
 
 
 def moot_reason(runtime: Runtime, run: Run, fresh: Fresh) -> str | None:

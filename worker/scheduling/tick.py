@@ -173,6 +173,8 @@ class Loop:
         if not conversations:
             return report
         runtime = self.runtime
+        # Owner and stage times the documented record lacks (worker/state/observed.py).
+        conversations = runtime.observed.apply(conversations, record=not self.dry_run)
         ruleset = runtime.rulebook.ruleset
         now = runtime.clock.now()
         state = LedgerState(runtime.ledger, now)

@@ -155,7 +155,7 @@ async def _pipeline(sim: Simulator, request: Request, raw: bytes, trace: _Trace)
         if stored is not None:
             trace.outcome = "replay"
             return JSONResponse(stored.body, stored.status, headers={"Idempotent-Replayed": "true"})
-        body = to_wire(getattr(service, operation)(call))
+        body = sim.served(request.path_params["service"], to_wire(getattr(service, operation)(call)))
         status = 201 if operation == "create" else 200
         if request.method in MUTATING:
             trace.outcome = "applied"

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 DEFAULT_TOKEN = "sandbox-token"
 HUMAN_AGENT_ID = 101
+# Conversation fields the simulator keeps but the documented contract does not list
+# (/work/shared/api-contract.md): a strict simulator never serves them.
+EXTENSION_FIELDS = ("assigned_at", "stage_entered_at", "initiated_by")
 
 
 class Simulator:
@@ -41,6 +44,7 @@ class Simulator:
         organization_id: int = 1,
         faults: FaultConfig | None = None,
         fault_seed: int = 0,
+        strict: bool = False,
     ) -> None:
         if not token:
             raise ValueError("Simulator needs a non-empty bearer token")
@@ -51,6 +55,8 @@ class Simulator:
         self.audit = AuditLog()
         self.idempotency = IdempotencyCache()
         self.faults = FaultInjector(self.clock, faults, fault_seed)
+        # Strict: serve only the contract's conversation fields (the worker must not need more).
+        self.strict = strict
         self._app: Starlette | None = None
 
     def __repr__(self) -> str:
@@ -75,6 +81,14 @@ class Simulator:
         if self._app is None:
             self._app = build_app(self)
         return self._app
+
+    def served(self, service: str, body: Any) -> Any:
+        """`body` as the API serves it: in strict mode without the extension fields."""
+        if not self.strict or service != "conversations":
+            return body
+        if isinstance(body, dict) and isinstance(body.get("data"), list):
+            return {**body, "data": [_documented(record) for record in body["data"]]}
+        return _documented(body)
 
     def check_token(self, presented: str) -> bool:
         return hmac.compare_digest(presented.encode(), self._token.encode())
@@ -274,3 +288,9 @@ class Simulator:
 
     def fault_counts(self) -> dict[str, int]:
         return self.faults.counts()
+
+
+def _documented(record: Any) -> Any:
+    if not isinstance(record, dict):
+        return record
+    return {key: value for key, value in record.items() if key not in EXTENSION_FIELDS}
