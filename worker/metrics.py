@@ -46,6 +46,24 @@ RECONCILIATIONS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+ACTION_STALENESS_S = Histogram(
+    "inboxpilot_action_staleness_seconds",
+    "Time from the read an action was re-checked on to its API call",
+    ["action"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+    registry=REGISTRY,
+)
+UNREAD_OLDEST_S = Gauge(
+    "inboxpilot_unread_oldest_seconds",
+    "How long the longest-waiting conversation whose snapshot read failed has stayed unread",
+    registry=REGISTRY,
+)
+UNREAD_S = Histogram(
+    "inboxpilot_unread_seconds",
+    "How long a conversation stayed unread after a failed snapshot read, observed when read",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800),
+    registry=REGISTRY,
+)
 TIMER_BACKLOG = Gauge("inboxpilot_timer_backlog", "Due-timers past their due time", registry=REGISTRY)
 TIMER_LATENESS_S = Histogram(
     "inboxpilot_timer_lateness_seconds",

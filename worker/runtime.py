@@ -23,6 +23,7 @@ from worker.state.api_pause import SharedPause
 from worker.state.ledger import Ledger
 from worker.state.observed import Observations
 from worker.state.redis_conn import connect
+from worker.state.sent import SentMessages
 from worker.state.timers import DueTimers
 
 
@@ -36,6 +37,7 @@ class Runtime:
     timers: DueTimers
     rulebook: Rulebook
     observed: Observations
+    sent: SentMessages
 
     @classmethod
     def build(
@@ -72,6 +74,7 @@ class Runtime:
             timers=DueTimers(client),
             rulebook=rulebook or Rulebook(Path(settings.rules_path)),
             observed=Observations(client, clock, ttl_s=settings.ledger_ttl_s),
+            sent=SentMessages(client, ttl_s=settings.ledger_ttl_s),
         )
 
     def close(self) -> None:

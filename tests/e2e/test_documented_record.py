@@ -7,19 +7,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from tests.e2e.conftest import RuntimeFactory
-from worker.execution.execute import execute
-from worker.rules.firing import Step
+from tests.support.dispatchers import Inline
 from worker.runtime import Runtime
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
-
-
-class Inline:
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-
-    def enqueue(self, step: Step) -> None:
-        execute(self.runtime, step)
 
 
 def _tick(runtime: Runtime) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -121,6 +122,7 @@ class ApiClient:
         self._gate = gate
         self._bucket = TokenBucket(rate_limit_per_s, rate_burst, self._clock)
         self._bad_records = Throttle(BAD_RECORD_LOG_INTERVAL_S)
+        self._thread = threading.local()  # per thread: when its latest request left
         self._http = httpx.Client(
             base_url=self.base_url,
             transport=transport or httpx.HTTPTransport(retries=connect_retries),
@@ -358,6 +360,13 @@ class ApiClient:
         if status >= 400 or status < 200:
             raise from_response(status, response.content, method="PUT", path=path)
 
+    def last_sent_at(self) -> datetime | None:
+        """When this thread's latest request left (after any rate-limit wait), on the client's clock.
+
+        The executor measures how old its re-check is when the write goes out.
+        """
+        return getattr(self._thread, "sent_at", None)
+
     def _retry_delay(self, method: str, exc: ApiError, attempt: int) -> float | None:
         """Seconds to wait before retrying, or None when the error must be raised."""
         if method not in READ_METHODS or not exc.retryable or attempt >= self._read_retries:
@@ -384,6 +393,7 @@ class ApiClient:
         if idempotency_key is not None and method not in READ_METHODS:
             headers["Idempotency-Key"] = idempotency_key
         started = time.perf_counter()
+        self._thread.sent_at = self._clock.now()
         try:
             response = self._http.request(
                 method,

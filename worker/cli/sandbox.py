@@ -30,8 +30,10 @@ def sandbox(
     fault_latency_s: float = typer.Option(0.0, help="Delay added to every request."),
     fault_seed: int = typer.Option(0, help="Seed of the fault RNG."),
     strict: bool = typer.Option(
-        False, "--strict", help="Serve only the documented conversation fields (no assigned_at, "
-        "stage_entered_at, initiated_by)."
+        False,
+        "--strict",
+        help="Serve only the documented conversation fields (no assigned_at, "
+        "stage_entered_at, initiated_by).",
     ),
 ) -> None:
     """Serve the API simulator (Feathers semantics, in memory) for demos and manual tests."""

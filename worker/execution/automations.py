@@ -8,13 +8,16 @@ the per-item lock still exclude every other duplicate.
 
 from __future__ import annotations
 
+from dramatiq.errors import Retry
+
 from worker.execution.policy import outcomes
-from worker.execution.recheck import moot_reason, read_one
+from worker.execution.recheck import MAX_RECHECKS, changed_since, moot_reason, observe_staleness, read_one
 from worker.execution.registry import executor
 from worker.execution.runs import Run, StepError, finish, idempotency_key
 from worker.metrics import RECONCILIATIONS
 from worker.rules.firing import Step
 from worker.runtime import Runtime
+from worker.state.locks import BUSY_RETRY_MS
 
 
 @executor("automation")
@@ -28,22 +31,30 @@ def execute_automation(runtime: Runtime, step: Step, runs: list[Run]) -> None:
 
 
 def _run_one(runtime: Runtime, automation_id: int | str, run: Run) -> None:
-    fresh = read_one(runtime, run)
-    if fresh is None:
+    for _ in range(MAX_RECHECKS):
+        fresh = read_one(runtime, run)
+        if fresh is None:
+            return
+        if run.attempt > 1:
+            # No read-back in the contract: the same key makes the server replay, not re-run.
+            RECONCILIATIONS.labels(result="resent_with_key").inc()
+        reason = moot_reason(runtime, run, fresh)
+        if reason is not None:
+            finish(runtime, run, "skipped", reason=reason)
+            return
+        automations = runtime.api.automations
+        payload = automations.build_initial_payload(run.item.conversation_id)
+        checked = {fresh.conversation.id: fresh.conversation}
+        moved, _, read_at = changed_since(runtime, checked, fresh.read_at)
+        if moved:  # the conversation changed while the context was read: check it again
+            continue
+        execution = automations.run(
+            automation_id,
+            run.item.conversation_id,
+            initial_payload=payload,
+            idempotency_key=idempotency_key(run.item.key),
+        )
+        staleness_ms = observe_staleness(runtime, "run_automation", read_at)
+        finish(runtime, run, "done", execution_id=execution.id, staleness_ms=staleness_ms)
         return
-    if run.attempt > 1:
-        # No read-back in the contract: the same key makes the server replay, not re-run.
-        RECONCILIATIONS.labels(result="resent_with_key").inc()
-    reason = moot_reason(runtime, run, fresh)
-    if reason is not None:
-        finish(runtime, run, "skipped", reason=reason)
-        return
-    automations = runtime.api.automations
-    payload = automations.build_initial_payload(run.item.conversation_id)
-    execution = automations.run(
-        automation_id,
-        run.item.conversation_id,
-        initial_payload=payload,
-        idempotency_key=idempotency_key(run.item.key),
-    )
-    finish(runtime, run, "done", execution_id=execution.id)
+    raise Retry("the conversation kept changing right before the automation", delay=BUSY_RETRY_MS)

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
+from dramatiq.errors import Retry
+
 from worker.api.models import Conversation
-from worker.execution.recheck import Fresh, moot_reason, read_many
+from worker.execution.recheck import (
+    MAX_RECHECKS,
+    Fresh,
+    changed_since,
+    moot_reason,
+    observe_staleness,
+    read_many,
+)
 from worker.execution.registry import executor
 from worker.execution.runs import Run, StepError, finish, idempotency_key
 from worker.metrics import RECONCILIATIONS
 from worker.rules.firing import BulkChange, Step
 from worker.runtime import Runtime
+from worker.state.locks import BUSY_RETRY_MS
 
 # Bulk actions that clear a field send no field of their own.
 CLEARED_FIELDS: dict[str, str] = {"unassign": "owner_id", "unassign_ai_assistant": "ai_assistant_id"}
@@ -32,14 +43,33 @@ def at_target(conversation: Conversation, target: Mapping[str, Any]) -> bool:
 
 @executor("bulk")
 def execute_bulk(runtime: Runtime, step: Step, runs: list[Run]) -> None:
-    """One bulk call for every item that still needs it; the rest are done, gone or moot."""
+    """One bulk call for every item that still needs it; the rest are done, gone or moot.
+
+    A conversation that changed between its re-check and the call is checked again
+    (a customer who just wrote may have made the rule false); one that keeps
+    changing is left out of this call and retried.
+    """
     if step.bulk is None:
         raise StepError("bulk step without a change")
     change = step.bulk
-    records = read_many(runtime, [run.item.conversation_id for run in runs])
-    remaining = [run for run in runs if _bulk_needed(runtime, run, records, target_fields(change))]
-    if not remaining:
-        return
+    target = target_fields(change)
+    records, read_at = read_many(runtime, [run.item.conversation_id for run in runs])
+    to_check, ready = runs, []
+    for _ in range(MAX_RECHECKS):
+        ready += [run for run in to_check if _bulk_needed(runtime, run, records, target)]
+        checked = {run.item.conversation_id: records[run.item.conversation_id] for run in ready}
+        moved, records, read_at = changed_since(runtime, checked, read_at)
+        to_check = [run for run in ready if run.item.conversation_id in moved]
+        ready = [run for run in ready if run.item.conversation_id not in moved]
+        if not to_check:
+            break
+    if ready:
+        _call(runtime, change, ready, read_at)
+    if to_check:
+        raise Retry("conversations kept changing right before the bulk call", delay=BUSY_RETRY_MS)
+
+
+def _call(runtime: Runtime, change: BulkChange, remaining: list[Run], read_at: datetime) -> None:
     ids = sorted({run.item.conversation_id for run in remaining})
     key = idempotency_key(
         *sorted(run.item.key for run in remaining),
@@ -49,9 +79,10 @@ def execute_bulk(runtime: Runtime, step: Step, runs: list[Run]) -> None:
     count = runtime.api.bulk.bulk_action(
         change.action, conversation_ids=ids, idempotency_key=key, **change.as_fields()
     )
+    staleness_ms = observe_staleness(runtime, change.action, read_at)
     runtime.observed.wrote(ids, target_fields(change))
     for run in remaining:
-        finish(runtime, run, "done", processed_count=count, batch=len(ids))
+        finish(runtime, run, "done", processed_count=count, batch=len(ids), staleness_ms=staleness_ms)
 
 
 def _bulk_needed(

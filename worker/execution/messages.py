@@ -7,12 +7,20 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from dramatiq.errors import Retry
 from jinja2 import TemplateError
 
 from worker.api.errors import NotFound
 from worker.api.models import WINDOWED_CHANNELS, Conversation
 from worker.execution.policy import outcomes
-from worker.execution.recheck import Fresh, moot_reason, read_one
+from worker.execution.recheck import (
+    MAX_RECHECKS,
+    Fresh,
+    changed_since,
+    moot_reason,
+    observe_staleness,
+    read_one,
+)
 from worker.execution.registry import executor
 from worker.execution.runs import Run, StepError, finish, idempotency_key
 from worker.metrics import RECONCILIATIONS
@@ -22,6 +30,7 @@ from worker.rules.context import utc
 from worker.rules.firing import Step, situation_start
 from worker.rules.templates import TemplateRenderError, render, uses_contact
 from worker.runtime import Runtime
+from worker.state.locks import BUSY_RETRY_MS
 
 WINDOW = timedelta(hours=24)
 # Read-back tolerance between our clock (claimed_at) and the API's (created_at).
@@ -150,14 +159,20 @@ def read_back_since(runtime: Runtime, run: Run, fresh: Fresh) -> datetime:
 
 
 def already_sent(runtime: Runtime, run: Run, fresh: Fresh, plan: SendPlan) -> bool:
-    """Read-back: is there an outbound message with our text, made since the situation began?"""
+    """Read-back: is there an outbound message with our text, made since the situation began,
+    that no other firing has already counted as its own?
+
+    Two situations of one rule send the same text; without the attribution a late
+    send of the first would satisfy the second, which would then never be sent.
+    """
     since = read_back_since(runtime, run, fresh)
     return any(
-        m.direction == "outbound"
+        runtime.sent.attribute_if_free(fresh.conversation.id, m.id, run.item.key)
+        for m in fresh.messages
+        if m.direction == "outbound"
         and m.message_type in plan.could_have_sent
         and m.message_text == plan.text
         and (utc(m.created_at) or since) >= since
-        for m in fresh.messages
     )
 
 
@@ -170,30 +185,54 @@ def execute_message(runtime: Runtime, step: Step, runs: list[Run]) -> None:
 
 
 def _send_one(runtime: Runtime, action: ReplyAction | NoteAction, run: Run) -> None:
-    fresh = read_one(runtime, run)
-    if fresh is None:
+    for _ in range(MAX_RECHECKS):
+        fresh = read_one(runtime, run)
+        if fresh is None:
+            return
+        plan = _checked_plan(runtime, action, run, fresh)
+        if plan is None:
+            return
+        moved, _, fresh.read_at = changed_since(
+            runtime, {fresh.conversation.id: fresh.conversation}, fresh.read_at
+        )
+        if moved:  # the conversation changed while we checked it: check it again
+            continue
+        sent = runtime.api.sends.send_message(
+            fresh.conversation,
+            plan.text,
+            plan.message_type,
+            idempotency_key=idempotency_key(run.item.key),
+            **plan.fields,
+        )
+        staleness_ms = observe_staleness(runtime, plan.message_type, fresh.read_at)
+        runtime.sent.attribute(fresh.conversation.id, sent.id, run.item.key)
+        finish(
+            runtime,
+            run,
+            "done",
+            message_id=sent.id,
+            message_type=plan.message_type,
+            staleness_ms=staleness_ms,
+        )
         return
+    raise Retry("the conversation kept changing right before the send", delay=BUSY_RETRY_MS)
+
+
+def _checked_plan(
+    runtime: Runtime, action: ReplyAction | NoteAction, run: Run, fresh: Fresh
+) -> SendPlan | None:
+    """What to send after the read-back and the re-check; None when the item finished instead."""
     # Every attempt reads back, not only retries: attempt 1 may follow a send the
-    # ledger forgot (Redis restarted without its data). The actor re-reads anyway.
+    # ledger forgot (Redis restarted without its data).
     plan = send_plan(runtime, action, fresh)
     if plan.skip is None and already_sent(runtime, run, fresh, plan):
         RECONCILIATIONS.labels(result="already_applied").inc()
         finish(runtime, run, "done", reconciled=True, message_type=plan.message_type)
-        return
+        return None
     if run.attempt > 1:
         RECONCILIATIONS.labels(result="not_applied").inc()
-    reason = moot_reason(runtime, run, fresh)
+    reason = moot_reason(runtime, run, fresh) or plan.skip
     if reason is not None:
         finish(runtime, run, "skipped", reason=reason)
-        return
-    if plan.skip is not None:
-        finish(runtime, run, "skipped", reason=plan.skip)
-        return
-    sent = runtime.api.sends.send_message(
-        fresh.conversation,
-        plan.text,
-        plan.message_type,
-        idempotency_key=idempotency_key(run.item.key),
-        **plan.fields,
-    )
-    finish(runtime, run, "done", message_id=sent.id, message_type=plan.message_type)
+        return None
+    return plan

@@ -21,8 +21,9 @@ The code below (`outcomes`, `left_for_redrive`) is this list.
 - retries ran out on a permanent error, or a malformed queue message (``throws=``): nobody
   (a dead letter, `worker/queue/dead_letters.py`) -> ``failed`` "dead_lettered".
 - a claim whose message never ran (lost, worker killed): the ledger's re-drive, as above.
-- a snapshot read failing at poll time: the next poll or resync; a conversation that keeps
-  failing is quarantined (`worker/state/quarantine.py`) -> not claimed.
+- a snapshot read failing at poll time: a due-timer reads it again on a following tick
+  (after half its time unread, 1..60 s; `worker/state/unread.py`); one whose data is
+  poisoned is quarantined first (`worker/state/quarantine.py`) -> not claimed until read.
 
 An attempt is bounded by the actor time limit (setting ``actor_time_limit_s``,
 dramatiq's TimeLimit, armed in every process by `ArmedTimeLimit`); the per-item

@@ -2,29 +2,46 @@
 
 An item is executed only when its rule, evaluated on what the API shows now,
 still produces the item's firing key (or another action of the same firing is
-already done: a rule's own actions often make it false).
+already done and the situation is still the item's: a rule's own actions often
+make it false, but a customer who wrote again is a new situation).
+
+Every attempt re-checks, retries included, and the re-check must be recent
+when the call leaves: when reading and checking took longer than
+``FRESH_BUDGET`` (rate-limit waits, slow reads), the records are read again
+just before the call and any conversation that changed meanwhile is checked
+again (`changed_since`). How old the re-check was when the call left is the
+``inboxpilot_action_staleness_seconds`` histogram (`observe_staleness`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from datetime import datetime, timedelta
 from functools import cached_property
 
 from worker.api.errors import NotFound
 from worker.api.models import Contact, Conversation, Message
 from worker.execution.runs import Run, finish
+from worker.metrics import ACTION_STALENESS_S
+from worker.rules.context import EvalContext
 from worker.rules.evaluator import Snapshot, evaluate
-from worker.rules.firing import sibling_keys
+from worker.rules.firing import firing_key_for, sibling_keys
 from worker.runtime import Runtime
+
+# How old a re-check may be when the call leaves before the records are read again.
+FRESH_BUDGET = timedelta(seconds=0.5)
+# Rounds of "read, check, changed meanwhile" before the attempt gives up and retries later.
+MAX_RECHECKS = 3
 
 
 class Fresh:
     """A conversation as re-read now; messages and contact fetched at most once, on demand."""
 
-    def __init__(self, runtime: Runtime, conversation: Conversation) -> None:
+    def __init__(self, runtime: Runtime, conversation: Conversation, read_at: datetime | None = None) -> None:
         self._runtime = runtime
         self.conversation = conversation
+        self.read_at = read_at or runtime.clock.now()  # when the record was read (the re-check's age)
 
     @cached_property
     def messages(self) -> list[Message]:
@@ -48,14 +65,49 @@ def read_one(runtime: Runtime, run: Run) -> Fresh | None:
     except NotFound:
         finish(runtime, run, "skipped", reason="gone: the conversation no longer exists")
         return None
+    read_at = _sent_at(runtime)
     # Fresh state is an observation too: the derived times match the poller's (worker/state/observed.py).
-    return Fresh(runtime, runtime.observed.apply([conversation])[0])
+    return Fresh(runtime, runtime.observed.apply([conversation])[0], read_at)
 
 
-def read_many(runtime: Runtime, ids: Sequence[int]) -> dict[int, Conversation]:
-    """Conversations by id with one `id[$in]` find (paged by 50); missing ids are gone."""
+def read_many(runtime: Runtime, ids: Sequence[int]) -> tuple[dict[int, Conversation], datetime]:
+    """Conversations by id with one `id[$in]` find (paged by 50), and when they were read.
+
+    Missing ids are gone.
+    """
     found = list(runtime.api.conversations.find({"id": {"$in": sorted(set(ids))}}))
-    return {conversation.id: conversation for conversation in runtime.observed.apply(found)}
+    read_at = _sent_at(runtime)
+    return {conversation.id: conversation for conversation in runtime.observed.apply(found)}, read_at
+
+
+def _sent_at(runtime: Runtime) -> datetime:
+    return runtime.api.client.last_sent_at() or runtime.clock.now()
+
+
+def changed_since(
+    runtime: Runtime, checked: Mapping[int, Conversation], read_at: datetime
+) -> tuple[set[int], dict[int, Conversation], datetime]:
+    """Right before a call: which of the checked conversations changed since `read_at`.
+
+    Nothing is read while the re-check is younger than FRESH_BUDGET; otherwise one
+    find reads them again. Returns (changed or gone ids, the records read, read time).
+    """
+    if runtime.clock.now() - read_at <= FRESH_BUDGET or not checked:
+        return set(), dict(checked), read_at
+    now_records, now_at = read_many(runtime, list(checked))
+    moved = {
+        cid
+        for cid, before in checked.items()
+        if cid not in now_records or now_records[cid].updated_at != before.updated_at
+    }
+    return moved, now_records, now_at
+
+
+def observe_staleness(runtime: Runtime, action: str, read_at: datetime) -> float:
+    """Seconds from the re-checked read to the call that just left; recorded in the histogram."""
+    seconds = max(((runtime.api.client.last_sent_at() or runtime.clock.now()) - read_at).total_seconds(), 0.0)
+    ACTION_STALENESS_S.labels(action=action).observe(seconds)
+    return round(seconds * 1000, 1)
 
 
 def moot_reason(runtime: Runtime, run: Run, fresh: Fresh) -> str | None:
@@ -74,12 +126,20 @@ def moot_reason(runtime: Runtime, run: Run, fresh: Fresh) -> str | None:
         fresh.messages if rule.needs_messages else None,
         fresh.contact if rule.needs_contact else None,
     )
-    evaluation = evaluate(replace(ruleset, rules=(rule,)), snapshot, runtime.clock.now())
+    now = runtime.clock.now()
+    evaluation = evaluate(replace(ruleset, rules=(rule,)), snapshot, now)
     keys = [m.firing_key for m in evaluation.matches]
-    if run.firing_key in keys or firing_started(runtime, run, len(rule.then)):
+    if run.firing_key in keys:
         return None
     if keys:
         return f"moot: the rule now answers another situation ({keys[0]})"
+    # The rule's own earlier action may have made it false, but only within its situation:
+    # once the customer wrote again (say), the rest of the old firing is moot too.
+    situation = firing_key_for(rule.id, rule.once, EvalContext(snapshot.conversation, now, snapshot.messages))
+    if situation != run.firing_key:
+        return f"moot: the situation moved on ({situation})"
+    if firing_started(runtime, run, len(rule.then)):
+        return None
     return "moot: the rule no longer holds"
 
 

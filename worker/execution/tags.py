@@ -73,7 +73,7 @@ def execute_tags(runtime: Runtime, step: Step, runs: list[Run]) -> None:
     missing = [run for run in runs if run.item.key not in changes]
     for run in missing:
         finish(runtime, run, "failed", reason="tags step holds no change for this item")
-    records = read_many(runtime, [run.item.conversation_id for run in runs])
+    records, _ = read_many(runtime, [run.item.conversation_id for run in runs])
     by_conversation: dict[int, list[Run]] = {}
     for run in runs:
         if not run.finished:

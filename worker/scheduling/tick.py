@@ -13,7 +13,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from worker.api.models import Conversation
@@ -26,6 +26,8 @@ from worker.metrics import (
     RULE_MATCHES,
     TIMER_BACKLOG,
     TIMER_LATENESS_S,
+    UNREAD_OLDEST_S,
+    UNREAD_S,
 )
 from worker.rules.evaluator import Evaluation, Match, evaluate
 from worker.rules.firing import Step, item_key
@@ -38,6 +40,7 @@ from worker.state.api_pause import SharedPause
 from worker.state.ledger import Ledger
 from worker.state.quarantine import Quarantine, is_poison
 from worker.state.sla_pauses import SlaPauses
+from worker.state.unread import READ_RETRY_RULE, Unread
 from worker.state.watermark import Watermark
 
 log = get_logger(__name__)
@@ -97,6 +100,7 @@ class Loop:
         self.router = Router(runtime.redis, runtime.api.client, runtime.rulebook, runtime.clock)
         self.sla_pauses = SlaPauses(runtime.redis)
         self.quarantine = Quarantine(runtime.redis, runtime.clock)
+        self.unread = Unread(runtime.redis, runtime.clock)
         self.api_pause = SharedPause(runtime.redis, runtime.clock)
 
     # --- jobs -------------------------------------------------------------------------------
@@ -181,7 +185,9 @@ class Loop:
         # SLA clocks skip the pauses seen on earlier ticks (worker/state/sla_pauses.py).
         (self.sla_pauses.attach if self.dry_run else self.sla_pauses.observe)(ruleset, conversations, now)
         pairs: list[tuple[int, Match]] = []
-        for snapshot in read_snapshots(runtime.api, ruleset, conversations, self._snapshot_failed):
+        snapshots = read_snapshots(runtime.api, ruleset, conversations, self._snapshot_failed)
+        self._note_read([s.conversation.id for s in snapshots])
+        for snapshot in snapshots:
             try:
                 evaluation = evaluate(ruleset, snapshot, now, state, with_reasons=False)
             except Exception as exc:  # a rule that breaks on odd data must not stop the tick
@@ -199,8 +205,21 @@ class Loop:
         return report
 
     def _snapshot_failed(self, conversation: Conversation, exc: Exception) -> None:
-        if is_poison(exc) and not self.dry_run:
+        """A conversation left out of this tick stays due: a timer reads it again (state/unread.py)."""
+        if self.dry_run:
+            return
+        retry_at = self.unread.failed(conversation.id)
+        if is_poison(exc):
             self.quarantine.add(conversation.id, f"snapshot: {type(exc).__name__}: {exc}")
+            retry_at = max(retry_at, self.runtime.clock.now() + timedelta(seconds=self.quarantine.ttl_s))
+        self.runtime.timers.schedule(READ_RETRY_RULE, conversation.id, retry_at)
+
+    def _note_read(self, conversation_ids: list[int]) -> None:
+        if self.dry_run:
+            return
+        for waited_s in self.unread.read(conversation_ids):
+            UNREAD_S.observe(waited_s)
+        UNREAD_OLDEST_S.set(self.unread.oldest_s())
 
     def _set_aside(self, conversation_id: int, reason: str) -> None:
         if self.dry_run:
