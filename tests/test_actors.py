@@ -52,6 +52,15 @@ rules:
       - reply: "Hi {{ contact.first_name }}, we got your message."
 """
 
+CANNED = """
+rules:
+  - id: canned
+    once: per_inbound_message
+    when: {status: open, waiting_for_reply: 1m}
+    then:
+      - reply: {predefined: "Welcome"}
+"""
+
 
 @dataclass
 class Harness:
@@ -170,6 +179,22 @@ def test_malformed_step_goes_straight_to_the_dead_letters(start: Start) -> None:
     harness.join()
     (letter,) = list_dead_letters(harness.broker, QUEUE)
     assert letter.retries == 0 and "MalformedStep" in letter.error
+
+
+def test_a_template_that_cannot_render_fails_once_and_is_never_retried(
+    simulator: SimulatorHandle, start: Start
+) -> None:
+    """`range(10**9)` raised OverflowError past the render guard: dramatiq retried it 8 times."""
+    harness = start(CANNED)
+    harness.runtime.api.predefined.create("Welcome", "{{ range(10**9)|list }}")
+    (step,) = plan_and_claim(harness.runtime, customers_waiting(simulator, 1))
+    harness.actors.enqueue(step)
+    harness.join()
+    entry = harness.runtime.ledger.get(step.items[0].key)
+    assert entry is not None and entry.state == "failed" and entry.attempts == 1, entry
+    assert "range()" in str(entry.reason), entry.reason
+    assert list_dead_letters(harness.broker, QUEUE) == []
+    assert posts(simulator, WA_SEND) == []
 
 
 def test_enqueue_picks_the_actor_and_carries_the_firing_keys() -> None:

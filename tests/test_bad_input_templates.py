@@ -112,3 +112,29 @@ def test_a_missing_value_renders_empty_not_as_braces(
     assert state == "done"
     (entry,) = posts(simulator, SEND)
     assert entry.body["message_text"] == "Hi , thanks for writing."
+
+
+HOSTILE_PREDEFINED = {
+    "power": "Hi {{ 9**(9**9) }}",
+    "huge range": "{{ range(10**9)|list }}",
+    "nested loops": "{% for i in range(999) %}{% for j in range(999) %}.{% endfor %}{% endfor %}",
+    "huge output": "{{ 'ab' * 4000 }}",
+    "division by zero": "{{ 1 / 0 }}",
+}
+
+
+@pytest.mark.timeout(60)  # a guard: without the sandbox's limits the power never ends
+@pytest.mark.parametrize("text", HOSTILE_PREDEFINED.values(), ids=HOSTILE_PREDEFINED.keys())
+def test_a_hostile_predefined_message_fails_its_firing_at_once(
+    text: str, simulator: SimulatorHandle, redis_url: str, make: ExitStack
+) -> None:
+    """Predefined texts skip `validate`: the sandbox bounds their work, and whatever goes
+    wrong fails the firing with a reason instead of raising (which dramatiq would retry)."""
+    runtime = make.enter_context(runtime_on(simulator, redis_url, PREDEFINED))
+    runtime.api.predefined.create("Welcome", text)
+    conv = int(simulator.sim.new_conversation(channel="webchat")["id"])
+
+    state, reason = run(runtime, conv)  # execute() returns: nothing for dramatiq to retry
+
+    assert state == "failed" and reason.startswith("template: cannot render template"), (state, reason)
+    assert posts(simulator, SEND) == []
