@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -172,3 +173,42 @@ def test_mapping_document_with_all_sections(load_yaml: Callable[..., LoadResult]
 def test_a_tag_action_that_makes_its_rule_false_or_is_unrelated_is_no_loop(when: str) -> None:
     text = f"- id: r\n  when: {when}\n  then: [{{tag: vip}}, {{untag: [spam]}}]\n"
     assert load_texts([("f.yaml", text)]).errors == ()
+
+
+@pytest.mark.parametrize(
+    ("attachment", "message"),
+    [
+        ("files/price-list.pdf", None),
+        ("files/missing.pdf", "no such file"),
+        ("files/fake.pdf", "the content is not a PDF file"),
+        ("files/big.png", "over the 5 MB limit for image files"),
+        ("files/tool.exe", "unsupported file type .exe"),
+        ("../outside.pdf", "inside the rules folder"),
+        ("/etc/passwd", "relative to the rules folder"),
+        ("s3://bucket/a.pdf", "relative to the rules folder"),
+    ],
+)
+def test_reply_attachments_are_checked_at_load(tmp_path: Path, attachment: str, message: str | None) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[2] / "rules" / "files" / "price-list.pdf", files)
+    (files / "fake.pdf").write_text("hello")
+    (files / "big.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * (5 * 1024 * 1024))
+    (files / "tool.exe").write_bytes(b"MZ")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        f"- id: r\n  when: {{status: open}}\n  then:\n    - reply: {{text: hi, attachment: '{attachment}'}}\n"
+    )
+    errors = load_rules([rules]).errors
+    if message is None:
+        assert errors == ()
+        return
+    (error,) = errors
+    assert (error.line, error.column, error.field) == (4, 37, "then[0].reply.attachment"), error.format()
+    assert message in error.message, error.format()
+
+
+def test_if_unsupported_needs_an_attachment() -> None:
+    text = "- id: r\n  when: {status: open}\n  then: [{reply: {text: hi, if_unsupported: skip}}]\n"
+    (error,) = load_texts([("f.yaml", text)]).errors
+    assert "'if_unsupported' is only used with 'attachment'" in error.message

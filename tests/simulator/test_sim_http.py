@@ -233,6 +233,28 @@ def test_upload_flow_signing_put_and_file_record(simulator: SimulatorHandle, cli
     assert created.status_code == 201 and len(created.json()["_id"]) == 24
     bad = client.post("/conversation-files", json={**file_body, "file_category": "pdf"})
     assert_feathers_error(bad, 400, "BadRequest")
+    never_put = client.post("/conversation-files", json={**file_body, "s3_key": "org-1/uploads/x/y.png"})
+    assert_feathers_error(never_put, 400, "BadRequest")
+    assert [e.body["size"] for e in simulator.sim.audit.applied("PUT", "/__uploads/")] == [9]
+
+
+def test_a_send_carries_only_a_file_of_its_own_conversation(
+    simulator: SimulatorHandle, client: httpx.Client
+) -> None:
+    mine, other = (simulator.sim.new_conversation(channel="webchat") for _ in range(2))
+    signed = client.post("/s3-url-signing", json={"file_name": "a.pdf", "organization_id": 1}).json()
+    httpx.put(signed["url"], content=b"%PDF-1.4")
+    file_body = {
+        "conversation_id": mine["id"], "organization_id": 1, "file_name": "a.pdf",
+        "file_type": "application/pdf", "file_size": 8, "s3_key": signed["s3_key"],
+        "s3_path": signed["s3_path"], "file_category": "file",
+    }  # fmt: skip
+    file_id = client.post("/conversation-files", json=file_body).json()["_id"]
+    path = "/conversation-messages-transform-outgoing-webchat"
+    send = {"message_text": "here", "conversation_file_id": file_id}
+    assert client.post(path, json={**send, "conversation_id": mine["id"]}).status_code == 201
+    wrong = client.post(path, json={**send, "conversation_id": other["id"]})
+    assert_feathers_error(wrong, 400, "BadRequest")
 
 
 def test_playground_needs_organization_and_contact(simulator: SimulatorHandle, client: httpx.Client) -> None:

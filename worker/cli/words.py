@@ -105,10 +105,11 @@ def action_data_words(action: Mapping[str, Any], text_chars: int = TEXT_CHARS) -
     kind = str(action.get("type", "?"))
     if kind == "run_automation":
         return f"run automation {action.get('automation_id')}"
+    file = f" + {action['attachment']}" if action.get("attachment") else ""
     if action.get("text"):
-        return f'{kind} "{clip(str(action["text"]), text_chars)}"'
+        return f'{kind} "{clip(str(action["text"]), text_chars)}"{file}'
     if action.get("predefined") is not None:
-        return f'{kind} "{action["predefined"]}"'
+        return f'{kind} "{action["predefined"]}"{file}'
     return kind
 
 

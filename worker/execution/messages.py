@@ -12,6 +12,7 @@ from jinja2 import TemplateError
 
 from worker.api.errors import NotFound
 from worker.api.models import WINDOWED_CHANNELS, Conversation
+from worker.execution.attachments import attachment_for, upload_fields
 from worker.execution.policy import outcomes
 from worker.execution.recheck import (
     MAX_RECHECKS,
@@ -26,6 +27,7 @@ from worker.execution.runs import Run, StepError, finish, idempotency_key
 from worker.metrics import RECONCILIATIONS
 from worker.rules.actions import ACTIONS as ACTION_TYPES
 from worker.rules.actions import NoteAction, ReplyAction
+from worker.rules.attachments import AttachmentFile
 from worker.rules.context import utc
 from worker.rules.firing import Step, situation_start
 from worker.rules.templates import TemplateRenderError, render, uses_contact
@@ -47,6 +49,7 @@ class SendPlan:
     skip: str | None = None
     # Types an earlier attempt may have sent (the window can close between attempts).
     could_have_sent: frozenset[str] = frozenset()
+    attachment: AttachmentFile | None = None  # uploaded right before the send (attachments.py)
 
 
 OutsideWindowFn = Callable[[ReplyAction, Conversation, str], SendPlan]
@@ -192,6 +195,9 @@ def _send_one(runtime: Runtime, action: ReplyAction | NoteAction, run: Run) -> N
         plan = _checked_plan(runtime, action, run, fresh)
         if plan is None:
             return
+        # Uploads (once per content, recorded once per conversation) come before the last
+        # change check, so the send still follows that check immediately.
+        media = upload_fields(runtime, plan.attachment, fresh.conversation) if plan.attachment else {}
         moved, _, fresh.read_at = changed_since(
             runtime, {fresh.conversation.id: fresh.conversation}, fresh.read_at
         )
@@ -203,6 +209,7 @@ def _send_one(runtime: Runtime, action: ReplyAction | NoteAction, run: Run) -> N
             plan.message_type,
             idempotency_key=idempotency_key(run.item.key),
             **plan.fields,
+            **media,
         )
         staleness_ms = observe_staleness(runtime, plan.message_type, fresh.read_at)
         runtime.sent.attribute(fresh.conversation.id, sent.id, run.item.key)
@@ -213,6 +220,7 @@ def _send_one(runtime: Runtime, action: ReplyAction | NoteAction, run: Run) -> N
             message_id=sent.id,
             message_type=plan.message_type,
             staleness_ms=staleness_ms,
+            **_attached(plan),
         )
         return
     raise Retry("the conversation kept changing right before the send", delay=BUSY_RETRY_MS)
@@ -225,6 +233,9 @@ def _checked_plan(
     # Every attempt reads back, not only retries: attempt 1 may follow a send the
     # ledger forgot (Redis restarted without its data).
     plan = send_plan(runtime, action, fresh)
+    if plan.skip is None:
+        file, skip = attachment_for(runtime, action, run, fresh.conversation.channel, plan.message_type)
+        plan = replace(plan, attachment=file, skip=skip)
     if plan.skip is None and already_sent(runtime, run, fresh, plan):
         RECONCILIATIONS.labels(result="already_applied").inc()
         finish(runtime, run, "done", reconciled=True, message_type=plan.message_type)
@@ -236,3 +247,7 @@ def _checked_plan(
         finish(runtime, run, "skipped", reason=reason)
         return None
     return plan
+
+
+def _attached(plan: SendPlan) -> dict[str, Any]:
+    return {"attachment": plan.attachment.ref} if plan.attachment is not None else {}

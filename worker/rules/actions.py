@@ -265,6 +265,12 @@ class ReplyAction(Action):
         default="skip", description="What to do outside a Meta channel's 24-hour window"
     )
     template: str | None = Field(default=None, min_length=1, description="WhatsApp template name")
+    attachment: str | None = Field(
+        default=None, min_length=1, description="A file in the rules folder, e.g. files/price-list.pdf"
+    )
+    if_unsupported: Literal["text", "skip"] = Field(
+        default="text", description="A channel that cannot carry the file: send the text alone, or skip"
+    )
 
     _text_ok = field_validator("text")(_template_ok)
 
@@ -276,15 +282,22 @@ class ReplyAction(Action):
             raise ValueError("outside_window: template needs 'template' (a WhatsApp template name)")
         if self.template is not None and self.outside_window != "template":
             raise ValueError("'template' is only used with outside_window: template")
+        if self.if_unsupported != "text" and self.attachment is None:
+            raise ValueError("'if_unsupported' is only used with 'attachment'")
         return self
 
     def label(self) -> str:
         what = f"predefined message {self.predefined!r}" if self.text is None else f"{self.text!r}"
+        if self.attachment is not None:
+            what += f" with {self.attachment}"
         tail = {"skip": "skip", "note": "post as a note", "template": f"send template {self.template}"}
         return f"reply {what} (outside the window: {tail[self.outside_window]})"
 
     def needs_contact(self) -> bool:
         return self.text is not None and uses_contact(self.text)
+
+    def files_used(self) -> Iterable[tuple[str, str]]:
+        return [("attachment", self.attachment)] if self.attachment else []
 
 
 @ACTIONS.register("note")

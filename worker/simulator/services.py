@@ -311,6 +311,7 @@ def send(store: Store, channel: str, body: Mapping[str, Any], sender: Mapping[st
         raise BadRequest(f"Conversation {conversation['id']} is on channel {conversation['channel']}")
     message_type = require_choice({"t": body.get("message_type", "text")}, "t", MESSAGE_TYPES)
     extra = _send_extra(channel, body, message_type)
+    _check_file(store, conversation, extra.get("conversation_file_id"))
     if channel == "playground":
         _check_playground(store, body, conversation)
     check_window(store, conversation, message_type)
@@ -332,6 +333,17 @@ def _send_extra(channel: str, body: Mapping[str, Any], message_type: str) -> dic
     if not text and not extra.get("s3_path") and not extra.get("conversation_file_id"):
         raise BadRequest("'message_text' is required unless the message carries media")
     return extra
+
+
+def _check_file(store: Store, conversation: Rec, file_id: Any) -> None:
+    """A send's `conversation_file_id` names a file record of this conversation."""
+    if file_id is None:
+        return
+    record = store.files.records.get(file_id) if isinstance(file_id, str) else None
+    if record is None or record.get("conversation_id") != conversation["id"]:
+        raise BadRequest(
+            f"conversation_file_id {file_id!r} is not a file of conversation {conversation['id']}"
+        )
 
 
 def _check_playground(store: Store, body: Mapping[str, Any], conversation: Rec) -> None:
@@ -455,6 +467,10 @@ class FilesService(CollectionService):
             require_str(body, name)
         require_int(body, "file_size")
         require_choice(body, "file_category", FILE_CATEGORIES)
+        if body["s3_key"] not in self.store.uploads:
+            raise BadRequest(
+                f"No uploaded object at s3_key {body['s3_key']!r}: PUT the file to its signed URL first"
+            )
         record = {**body, "_id": self.store.next_object_id(), "created_at": self.store.now()}
         return self.collection.insert(record)
 
