@@ -99,7 +99,12 @@ class Settings(BaseSettings):
         default=20.0, ge=0.01, le=1_000_000, description="Client requests per second."
     )
     rate_burst: int = Field(default=20, ge=1, le=1_000_000, description="Token-bucket burst size.")
-    http_timeout_s: float = Field(default=10.0, ge=0.1, le=300, description="Per-request timeout.")
+    http_timeout_s: float = Field(
+        default=10.0,
+        ge=0.1,
+        le=300,
+        description="Timeout per read; a whole answer gets this plus the connect timeout.",
+    )
     http_connect_timeout_s: float = Field(default=5.0, ge=0.1, le=60, description="Connect timeout.")
     read_retries: int = Field(default=4, ge=0, le=20, description="Retries for reads on 5xx/timeouts.")
     ledger_ttl_s: int = Field(

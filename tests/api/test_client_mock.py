@@ -154,13 +154,22 @@ def test_find_all_caller_sort_gets_id_tiebreak(clock: FakeClock) -> None:
     assert keys == ["$sort[updated_at]", "$sort[id]"]
 
 
-def test_find_all_stops_on_empty_page_even_if_total_lies(clock: FakeClock) -> None:
+def test_find_all_stops_on_a_short_page_even_if_total_lies(clock: FakeClock) -> None:
     rec = Recorder(
         httpx.Response(200, json={"total": 500, "limit": 50, "skip": 0, "data": [{"id": 1}]}),
         httpx.Response(200, json={"total": 500, "limit": 50, "skip": 1, "data": []}),
     )
     assert [r["id"] for r in make_client(rec, clock).find_all("/conversations")] == [1]
-    assert len(rec.requests) == 2
+    assert len(rec.requests) == 1  # one record of 50: the last page, whatever `total` says
+
+
+def test_find_all_pages_past_a_total_that_is_too_small(clock: FakeClock) -> None:
+    full = [{"id": i} for i in range(1, 51)]
+    rec = Recorder(
+        httpx.Response(200, json={"total": 1, "limit": 50, "skip": 0, "data": full}),
+        httpx.Response(200, json={"total": 1, "limit": 50, "skip": 50, "data": [{"id": 51}]}),
+    )
+    assert len(list(make_client(rec, clock).find_all("/conversations"))) == 51
 
 
 def test_find_all_never_yields_an_id_twice(clock: FakeClock) -> None:

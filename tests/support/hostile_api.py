@@ -205,13 +205,17 @@ class HostileApi:
         status, headers, raw = await _capture(self._app, scope, receive)
         headers.pop("content-length", None)  # chunked: the body trickles
         await send({"type": "http.response.start", "status": status, "headers": _encode(headers)})
+        gone = asyncio.create_task(_disconnected(receive))
         loop = asyncio.get_running_loop()
         until = loop.time() + trap.options["seconds"]
-        while loop.time() < until:
-            # JSON allows leading whitespace: a client that waits it out gets the real answer.
-            await send({"type": "http.response.body", "body": b" ", "more_body": True})
-            await asyncio.sleep(0.02)  # the server's pace, not a test waiting
-        await send({"type": "http.response.body", "body": raw})
+        try:
+            while loop.time() < until and not gone.done():
+                # JSON allows leading whitespace: a client that waits it out gets the real answer.
+                await send({"type": "http.response.body", "body": b" ", "more_body": True})
+                await asyncio.sleep(0.02)  # the server's pace, not a test waiting
+            await send({"type": "http.response.body", "body": raw})
+        finally:
+            gone.cancel()
 
     def _conversation(self) -> dict[str, Any]:
         """A conversation the simulator never had, stamped with the server's present."""
@@ -237,6 +241,12 @@ async def _capture(app: ASGIApp, scope: Scope, receive: Receive) -> tuple[int, d
     await app(scope, receive, keep)
     headers = {k.decode().lower(): v.decode() for k, v in start.get("headers", [])}
     return int(start.get("status", 500)), headers, b"".join(parts)
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client hangs up (the request body was already read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:

@@ -41,6 +41,8 @@ from worker.logs import Throttle, get_logger, register_secret
 log = get_logger(__name__)
 # A bad record the server sends on every poll is logged once per this interval.
 BAD_RECORD_LOG_INTERVAL_S = 600.0
+# find_all's guard: 10,000 records at 50 a page. Its callers read a few pages at most.
+MAX_FIND_ALL_PAGES = 200
 
 ResponseHook = Callable[[str, str, int, float], None]
 """on_response(service, method, status, seconds); status 0 means no HTTP answer."""
@@ -123,6 +125,8 @@ class ApiClient:
         self._bucket = TokenBucket(rate_limit_per_s, rate_burst, self._clock)
         self._bad_records = Throttle(BAD_RECORD_LOG_INTERVAL_S)
         self._thread = threading.local()  # per thread: when its latest request left
+        # A whole answer's deadline: an answer that trickles in never trips a read timeout.
+        self._answer_deadline_s = timeout_s + connect_timeout_s
         self._http = httpx.Client(
             base_url=self.base_url,
             transport=transport or httpx.HTTPTransport(retries=connect_retries),
@@ -201,6 +205,7 @@ class ApiClient:
         page_size: int = MAX_PAGE_SIZE,
         sort: Mapping[str, int] | None = None,
         id_key: str = "id",
+        max_pages: int = MAX_FIND_ALL_PAGES,
     ) -> Iterator[dict[str, Any]]:
         """Every record matching `query`, page by page, each id at most once per pass.
 
@@ -216,7 +221,7 @@ class ApiClient:
                 raise ValueError(f"find_all sets {reserved} itself; use page_size instead")
         order = _stable_sort(sort or base.pop("$sort", None), id_key)
         seen: set[Any] = set()
-        skip = 0
+        skip = pages = 0
         while True:
             page = self.find_page(path, {**base, "$sort": order, "$limit": page_size, "$skip": skip})
             fresh = 0
@@ -233,7 +238,12 @@ class ApiClient:
                 log.error("page_repeated", path=path, skip=skip, records=len(page.data))
                 return
             skip += page.received
-            if not page.received or skip >= page.total:
+            if _last_page(page, page_size, skip):
+                return
+            pages += 1
+            if pages >= max_pages:
+                # A server that invents new records on every page would hold the caller forever.
+                log.error("find_all_bounded", path=path, pages=pages, records=len(seen))
                 return
 
     def find_all_as(
@@ -394,14 +404,15 @@ class ApiClient:
             headers["Idempotency-Key"] = idempotency_key
         started = time.perf_counter()
         self._thread.sent_at = self._clock.now()
+        request = self._http.build_request(
+            method,
+            path,
+            params=tuple(encode_query(query)) if query else None,
+            json=dict(json_body) if json_body is not None else None,
+            headers=headers,
+        )
         try:
-            response = self._http.request(
-                method,
-                path,
-                params=tuple(encode_query(query)) if query else None,
-                json=dict(json_body) if json_body is not None else None,
-                headers=headers,
-            )
+            response = _read_within(self._http.send(request, stream=True), self._answer_deadline_s)
         except httpx.RequestError as exc:
             self._observe(method, path, 0, started)
             self._tell_gate(0, None)
@@ -490,6 +501,31 @@ class ApiClient:
             log.warning("api_backoff_hook_failed", exc_info=True)
 
 
+def _read_within(response: httpx.Response, deadline_s: float) -> httpx.Response:
+    """The whole answer, or `ReadTimeout` when it is still arriving `deadline_s` after the request.
+
+    httpx's timeouts are per read: a server sending a byte every second holds a
+    call (a poll tick, an actor attempt) for as long as it likes.
+    """
+    if response.is_stream_consumed:  # already in memory (an in-process transport built it whole)
+        return response
+    deadline = time.monotonic() + deadline_s
+    chunks = []
+    try:
+        for chunk in response.iter_raw():
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout(
+                    f"the answer was still arriving at the request's deadline ({deadline_s:g} s)",
+                    request=response.request,
+                )
+    finally:
+        response.close()
+    return httpx.Response(
+        response.status_code, headers=response.headers, content=b"".join(chunks), request=response.request
+    )
+
+
 def _server_date(response: httpx.Response) -> datetime | None:
     """The answer's `Date` as aware UTC; the last one when a proxy added its own."""
     for value in reversed(response.headers.get_list("Date")):
@@ -523,6 +559,16 @@ def parse_record(model: type[RecordT], record: Any, path: str) -> RecordT:
         raise MalformedResponse(
             f"record is not a valid {model.__name__}: {_first_error(exc)}", path=path
         ) from None
+
+
+def _last_page(page: Page, page_size: int, skip: int) -> bool:
+    """A short page ends paging, and so does a `total` reached exactly.
+
+    A `total` below what was already received is a lie: it neither ends paging
+    (a short page does) nor, when too large, extends it past a short page.
+    """
+    full = max(1, min(page.limit, page_size))
+    return page.received < full or skip == page.total
 
 
 def _stable_sort(sort: Any, id_key: str) -> dict[str, int]:
