@@ -15,7 +15,7 @@ import pytest
 import typer
 from ruamel.yaml import YAML
 
-from worker.cli import app
+from worker.cli import app, load_all
 from worker.config import ENV_PREFIX, Settings, load_settings
 from worker.metrics import REGISTRY, metric_names
 
@@ -25,6 +25,7 @@ RULES_IN_IMAGE = "/etc/inboxpilot/rules"
 
 def cli() -> Any:
     """The click group typer builds (typer vendors its own click, so no isinstance check)."""
+    load_all()  # commands load lazily; here every one is wanted
     group = typer.main.get_command(app)
     assert hasattr(group, "commands")
     return group

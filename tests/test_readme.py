@@ -79,13 +79,30 @@ def test_quick_start_is_verbatim_and_ci_runs_the_same_tests() -> None:
 
 
 def test_every_command_the_readme_lists_exists() -> None:
-    import typer
+    from worker.cli import COMMANDS  # equal to the loaded commands: tests/test_cli_conventions.py
 
-    from worker.cli import app
-
-    commands = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    commands = set(COMMANDS)
     listed = set(re.findall(r"^\| `inboxpilot ([a-z-]+)", README, re.M))
     assert listed == commands, f"README lists {sorted(listed)}, the CLI has {sorted(commands)}"
+
+
+def _help_argvs() -> list[list[str]]:
+    from worker.cli import COMMANDS
+
+    subs = [["dead-letters", sub] for sub in ("list", "retry", "drop")]
+    return [[], *([name] for name in COMMANDS), *subs]
+
+
+@pytest.mark.parametrize("argv", _help_argvs(), ids=lambda argv: " ".join(argv) or "inboxpilot")
+def test_each_commands_help_as_a_user_runs_it(argv: list[str]) -> None:
+    """`inboxpilot [COMMAND] --help`, a new process each, as a user would type it."""
+    done = subprocess.run(
+        [*INBOXPILOT.split(), *argv, "--help"],
+        cwd=ROOT, env=clean_env(COLUMNS="100"), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert f"Usage: inboxpilot {' '.join(argv)}".rstrip() in done.stdout, done.stdout
+    assert "Traceback" not in done.stdout
 
 
 @pytest.mark.slow

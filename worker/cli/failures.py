@@ -75,6 +75,7 @@ def guarded(func: F) -> F:
                 traceback.print_exc(file=sys.stderr)
             raise typer.Exit(failure.code) from None
 
+    wrapper.guarded = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
 
 
