@@ -164,6 +164,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, int]]] = {
     "dead-letters list": (["dead-letters", "list"], {"redis_down": EXIT_REDIS}),
     "dead-letters retry": (["dead-letters", "retry", "--all"], {"redis_down": EXIT_REDIS}),
     "dead-letters drop": (["dead-letters", "drop", "x-1"], {"redis_down": EXIT_REDIS}),
+    "predefined sync": (["predefined", "sync", "--dry-run"], API_EXPECT),
     "config": (["config"], {}),
     "validate": (["validate", RULES], {}),
     "schema": (["schema"], {}),

@@ -114,7 +114,7 @@ def test_a_sync_whose_create_answer_was_lost_creates_no_duplicate(
     simulator.sim.seed(3, seed=1)
     simulator.sim.set_faults(commit_then_fail_rate=1.0, paths=["/conversation-predefined-messages"], seed=2)
     code, out = _cli(simulator, rules_dir, "predefined", "sync")
-    assert code == 1 and "predefined sync failed" in out
+    assert code == 3 and "inboxpilot: the API at " in out  # the API failed: exit 3, one line
     simulator.sim.set_faults(commit_then_fail_rate=0.0)
     code, out = _cli(simulator, rules_dir, "predefined", "sync")
     assert code == 0 and out.splitlines() == ["4 unchanged, 0 to change"]

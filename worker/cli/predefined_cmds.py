@@ -30,12 +30,11 @@ def sync_command(
 ) -> None:
     """Create and patch /conversation-predefined-messages to match the folder, printing the diff."""
     from worker.api.client import ApiClient
-    from worker.api.errors import ApiError
     from worker.api.services import Services
     from worker.execution.predefined_sync import apply, plan_sync
     from worker.rules.predefined import find_folder, load_folder
 
-    settings = settings_or_exit()
+    settings = settings_or_exit(needs_token=True)
     where = folder or find_folder([settings.rules_path])
     if where is None or not where.is_dir():
         typer.echo(
@@ -48,15 +47,12 @@ def sync_command(
     if errors:
         raise typer.Exit(1)
     api = Services(ApiClient.from_settings(settings))
-    try:
+    try:  # an API failure ends the command through worker.cli.failures (one line, exit 3)
         changes = plan_sync(api, desired, prune=prune)
         for line in diff_lines(changes, len(desired)):
             typer.echo(line)
         if not dry_run:
             apply(api, changes)
-    except ApiError as exc:
-        typer.echo(f"inboxpilot: predefined sync failed: {exc}", err=True)
-        raise typer.Exit(1) from None
     finally:
         api.client.close()
     acting = [c for c in changes if c.kind != "keep"]
