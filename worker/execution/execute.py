@@ -67,7 +67,7 @@ def _execute_locked(runtime: Runtime, step: Step) -> None:
     runs = _begin(runtime, step)
     if not runs:
         return
-    run_executor = EXECUTORS.get(step.kind)
+    run_executor = EXECUTORS.find(step.kind)
     if run_executor is None:
         for run in runs:
             finish(runtime, run, "failed", reason=f"unknown step kind {step.kind!r}")

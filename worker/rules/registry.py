@@ -1,4 +1,8 @@
-"""A registry keyed by the literal string users write in YAML (Sentry's pattern)."""
+"""A registry keyed by the literal string users write in YAML (Sentry's pattern).
+
+Conditions, actions, planners (keyed like actions), step mergers and executors
+(keyed by step kind) all use it: `register(key)` decorates, duplicates are loud.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +38,10 @@ class Registry(Generic[T]):
             return self._items[key]
         except KeyError:
             raise RegistryError(self.unknown_message(key)) from None
+
+    def find(self, key: str) -> T | None:
+        """The item registered under `key`, or None (for optional registries such as mergers)."""
+        return self._items.get(key)
 
     def unknown_message(self, key: str) -> str:
         close = difflib.get_close_matches(key, self._items, n=1)

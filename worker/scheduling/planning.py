@@ -32,6 +32,7 @@ from worker.rules.actions import (
 )
 from worker.rules.evaluator import Match
 from worker.rules.firing import BulkChange, Item, Step, item_key
+from worker.rules.registry import Registry
 from worker.rules.routing import Choice, waiting_order
 
 
@@ -49,17 +50,8 @@ class PlanContext:
 # A planner turns one action into a bulk change, a per-conversation step, or None (deferred).
 Planned = BulkChange | Step | None
 PlannerFn = Callable[[Action, Item, PlanContext], Planned]
-PLANNERS: dict[str, PlannerFn] = {}
-
-
-def planner(action_key: str) -> Callable[[PlannerFn], PlannerFn]:
-    def register(fn: PlannerFn) -> PlannerFn:
-        if action_key in PLANNERS:
-            raise ValueError(f"a planner for action {action_key!r} is already registered")
-        PLANNERS[action_key] = fn
-        return fn
-
-    return register
+PLANNERS: Registry[PlannerFn] = Registry("planner")  # keyed by the action's YAML key, like ACTIONS
+planner = PLANNERS.register
 
 
 def _change(action: str, **fields: Any) -> BulkChange:
@@ -139,17 +131,8 @@ def _tags(action: Action, item: Item, ctx: PlanContext) -> Planned:
 
 # A merger turns the steps of one kind planned in a tick into fewer, larger steps.
 MergerFn = Callable[[list[Step]], list[Step]]
-MERGERS: dict[str, MergerFn] = {}
-
-
-def merger(kind: str) -> Callable[[MergerFn], MergerFn]:
-    def register(fn: MergerFn) -> MergerFn:
-        if kind in MERGERS:
-            raise ValueError(f"a merger for step kind {kind!r} is already registered")
-        MERGERS[kind] = fn
-        return fn
-
-    return register
+MERGERS: Registry[MergerFn] = Registry("step merger")  # keyed by step kind
+merger = MERGERS.register
 
 
 @merger("tags")
@@ -168,7 +151,7 @@ def merge(steps: list[Step]) -> list[Step]:
     out: list[Step] = []
     placed: set[str] = set()
     for step in steps:
-        fn = MERGERS.get(step.kind)
+        fn = MERGERS.find(step.kind)
         if fn is None:
             out.append(step)
         elif step.kind not in placed:
@@ -193,7 +176,7 @@ def plan(matches: Iterable[tuple[int, Match]], ctx: PlanContext) -> list[Step]:
     for conversation_id, match in ordered:
         for index, action in enumerate(match.actions):
             item = Item(item_key(match.firing_key, index), match.rule_id, conversation_id)
-            planned = PLANNERS[action.key](action, item, ctx)
+            planned = PLANNERS.get(action.key)(action, item, ctx)
             if isinstance(planned, BulkChange):
                 groups.setdefault(planned, []).append(item)
             elif isinstance(planned, Step):
