@@ -3,17 +3,24 @@
 A reload that finds any error keeps the last good rules and reports the error
 (log + `inboxpilot_rules_load_errors`) until the files are fixed: a typo in a
 rule file must never stop the routing bot or fire half a rule set.
+
+Every `RELOAD_INTERVAL_S` the files are read (cheap: each at most
+`MAX_RULE_FILE_BYTES`) and hashed; they are parsed again only when that hash
+changes (contents, names, read errors), so a large or broken folder costs its
+parse once per edit, not every few seconds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from worker.logs import get_logger
 from worker.metrics import RULES_LOAD_ERRORS, RULES_LOADED
 from worker.rules.errors import RuleError, RulesInvalid
-from worker.rules.loader import load_rules
+from worker.rules.loader import LoadResult, Sources, load_sources, read_sources
 from worker.rules.model import RuleSet
 
 log = get_logger(__name__)
@@ -26,7 +33,10 @@ class Rulebook:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        result = load_rules([path])
+        self.parses = 0  # how often the files were parsed (each time they changed)
+        self._digest = ""
+        result = self._load()
+        assert result is not None  # nothing was parsed before: the first read always parses
         if result.errors:
             raise RulesInvalid(result.errors)
         self._ruleset = result.ruleset
@@ -39,6 +49,7 @@ class Rulebook:
         book = cls.__new__(cls)
         book.path = path
         book._lock = threading.Lock()
+        book.parses, book._digest = 0, ""
         book._ruleset = ruleset
         book.errors = ()
         return book
@@ -50,7 +61,9 @@ class Rulebook:
 
     def reload(self) -> bool:
         """Re-read the files; True when a new valid rule set became active."""
-        result = load_rules([self.path])
+        result = self._load()
+        if result is None:  # unchanged since the last parse: same rules, same errors
+            return False
         if result.errors:
             if result.errors != self.errors:
                 for error in result.errors:
@@ -68,6 +81,26 @@ class Rulebook:
         log.info("rules_reloaded", rules=len(result.ruleset.rules), fingerprint=result.ruleset.fingerprint)
         return True
 
+    def _load(self) -> LoadResult | None:
+        """The files parsed, or None when they are as they were at the last parse."""
+        sources, read_errors = read_sources([self.path])
+        digest = _digest(sources, read_errors)
+        if digest == self._digest:
+            return None
+        self._digest = digest
+        self.parses += 1
+        return load_sources(sources, read_errors)
+
     def _publish(self) -> None:
         RULES_LOADED.set(len(self._ruleset.rules))
         RULES_LOAD_ERRORS.set(0)
+
+
+def _digest(sources: Sources, read_errors: Sequence[RuleError]) -> str:
+    sha = hashlib.sha256()
+    for name, text in sources:
+        sha.update(f"{len(name)}:{name}:{len(text)}:".encode())
+        sha.update(text.encode("utf-8", "surrogatepass"))
+    for error in read_errors:
+        sha.update(error.format().encode())
+    return sha.hexdigest()

@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+# Control (ANSI escapes, newlines), format (RTL overrides, zero-width), separators, surrogates.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def unprintable(text: str) -> bool:
+    """Whether `text` holds a character that could rewrite or hide what a terminal shows."""
+    return any(unicodedata.category(ch) in _UNPRINTABLE for ch in text)
+
+
+def printable(text: str) -> str:
+    """`text` with such characters escaped (`\\u202e`, `\\x1b`, `\\n`): safe to print, one line."""
+    if not unprintable(text):
+        return text
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in _UNPRINTABLE else ch
+        for ch in text
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,10 +37,11 @@ class RuleError:
     message: str
 
     def format(self) -> str:
+        """One line, with anything taken from the files escaped (`printable`)."""
         where = f"{self.file}:{self.line}:{self.column}"
         who = f" rule '{self.rule_id}':" if self.rule_id else ""
         what = f" {self.field}:" if self.field else ""
-        return f"{where}:{who}{what} {self.message}"
+        return printable(f"{where}:{who}{what} {self.message}")
 
     def __str__(self) -> str:
         return self.format()

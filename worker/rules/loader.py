@@ -9,13 +9,20 @@ A folder loads its own `*.yaml`/`*.yml` files only (sorted by name); pass
 `recursive=True` to include sub-folders (e.g. `rules/examples/`).
 
 The pieces live in `worker/rules/loading/`: positions, report (located errors),
-documents (files and sections), parser (one rule), sections, sla.
+documents (files and sections), parser (one rule), sections, sla, aliases.
+
+Hostile files are refused with a located error before they can cost much: a
+file over `MAX_RULE_FILE_BYTES` is not read, YAML aliases may stand for at most
+`MAX_ALIAS_NODES` nodes (`loading/aliases.py`), and a symbolic link that leads
+nowhere is reported rather than skipped.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +32,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
 from worker.rules.errors import RuleError, RulesInvalid
+from worker.rules.loading.aliases import MAX_ALIAS_NODES as MAX_ALIAS_NODES
+from worker.rules.loading.aliases import AliasLimitError, BudgetComposer
 from worker.rules.loading.documents import Doc, State, sections
 from worker.rules.loading.positions import to_plain
 from worker.rules.loading.report import Report
@@ -33,6 +42,9 @@ from worker.rules.loading.sla import load_sla_policies
 from worker.rules.model import Rule as Rule
 from worker.rules.model import RuleSet
 from worker.rules.routing import Roster
+
+MAX_RULE_FILE_BYTES = 1_048_576  # 1 MiB: the shipped files are a few kB each
+Sources = list[tuple[str, str]]  # (file name, YAML text)
 
 
 @dataclass(frozen=True)
@@ -46,8 +58,18 @@ class LoadResult:
 
 
 def parse_yaml(file: str, text: str, errors: list[RuleError]) -> Doc | None:
+    if len(text) > MAX_RULE_FILE_BYTES:  # characters: never more than the bytes
+        errors.append(RuleError(file, 1, 1, None, "", _too_large(len(text.encode()))))
+        return None
+    yaml = YAML(typ="rt", pure=True)
+    yaml.Composer = BudgetComposer
     try:
-        data = YAML(typ="rt", pure=True).load(text)
+        data = yaml.load(text)
+    except AliasLimitError as exc:
+        mark = exc.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+        errors.append(RuleError(file, line, col, None, "", f"YAML refused: {exc.problem}"))
+        return None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
@@ -96,6 +118,13 @@ def load_texts(sources: Sequence[tuple[str, str]], *, strict: bool = False) -> L
     return LoadResult(ruleset, errors)
 
 
+def _too_large(size: int) -> str:
+    return (
+        f"file is larger than {MAX_RULE_FILE_BYTES:,} bytes ({size:,} bytes): not read; "
+        "split it into several files"
+    )
+
+
 def discover(paths: Iterable[str | Path], *, recursive: bool = False) -> tuple[list[Path], list[RuleError]]:
     """Rule files under `paths`: files as given, folders' *.yaml/*.yml sorted by name."""
     files: list[Path] = []
@@ -104,29 +133,61 @@ def discover(paths: Iterable[str | Path], *, recursive: bool = False) -> tuple[l
         path = Path(raw)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
-            found = sorted(p for ext in ("yaml", "yml") for p in path.glob(f"{pattern}.{ext}") if p.is_file())
+            found = sorted(p for ext in ("yaml", "yml") for p in path.glob(f"{pattern}.{ext}"))
             # predefined/ holds canned replies, not rules (worker/rules/predefined.py)
             found = [p for p in found if "predefined" not in p.relative_to(path).parts[:-1]]
-            files.extend(p for p in found if p not in files)
+            errors.extend(e for e in map(_unreachable, found) if e is not None)
+            files.extend(p for p in found if p.is_file() and p not in files)
         elif path.is_file():
             if path not in files:
                 files.append(path)
         else:
-            errors.append(RuleError(str(path), 1, 1, None, "", "no such file or folder"))
+            errors.append(
+                _unreachable(path) or RuleError(str(path), 1, 1, None, "", "no such file or folder")
+            )
     return files, errors
+
+
+def _unreachable(path: Path) -> RuleError | None:
+    """The error for a symbolic link that leads nowhere (Path.is_file() says only False)."""
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return RuleError(str(path), 1, 1, None, "", "symbolic link loop: not read")
+        target = os.readlink(path)
+        return RuleError(str(path), 1, 1, None, "", f"broken symbolic link to {target!r}: not read")
+    return None
+
+
+def read_sources(paths: Iterable[str | Path], *, recursive: bool = False) -> tuple[Sources, list[RuleError]]:
+    """The texts of the rule files under `paths`, and what could not be read (nothing parsed)."""
+    files, errors = discover(paths, recursive=recursive)
+    sources: Sources = []
+    for path in files:
+        try:
+            size = path.stat().st_size
+            if size > MAX_RULE_FILE_BYTES:
+                errors.append(RuleError(str(path), 1, 1, None, "", _too_large(size)))
+                continue
+            sources.append((str(path), path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.append(RuleError(str(path), 1, 1, None, "", f"cannot read: {exc}"))
+    return sources, errors
+
+
+def load_sources(sources: Sources, read_errors: Sequence[RuleError], *, strict: bool = False) -> LoadResult:
+    """Parse what `read_sources` read; its errors come first."""
+    result = load_texts(sources)
+    all_errors = tuple(read_errors) + result.errors
+    if strict and all_errors:
+        raise RulesInvalid(all_errors)
+    return LoadResult(result.ruleset, all_errors)
 
 
 def load_rules(paths: Iterable[str | Path], *, strict: bool = False, recursive: bool = False) -> LoadResult:
     """Load rule files and folders (folders non-recursively unless asked)."""
-    files, errors = discover(paths, recursive=recursive)
-    sources: list[tuple[str, str]] = []
-    for path in files:
-        try:
-            sources.append((str(path), path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError) as exc:
-            errors.append(RuleError(str(path), 1, 1, None, "", f"cannot read: {exc}"))
-    result = load_texts(sources)
-    all_errors = tuple(errors) + result.errors
-    if strict and all_errors:
-        raise RulesInvalid(all_errors)
-    return LoadResult(result.ruleset, all_errors)
+    sources, errors = read_sources(paths, recursive=recursive)
+    return load_sources(sources, errors, strict=strict)

@@ -9,7 +9,7 @@ from typing import Any
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from worker.rules.calendars import Calendar
-from worker.rules.errors import RuleError
+from worker.rules.errors import RuleError, unprintable
 from worker.rules.loading.positions import Pos, child_pos, node_pos
 from worker.rules.loading.report import Report
 from worker.rules.model import Rule as Rule
@@ -72,6 +72,10 @@ def mapping_items(node: Any, pos: Pos, path: str, report: Report) -> list[tuple[
     for key in node:
         if not isinstance(key, str) or not key:
             report.add(child_pos(node, key, pos, at_key=True), path, f"{key!r} is not a name")
+            continue
+        if unprintable(key):  # names are printed (plan, explain, logs): nothing that rewrites a terminal
+            where = child_pos(node, key, pos, at_key=True)
+            report.add(where, path, f"{key!r} holds control or invisible formatting characters")
             continue
         out.append((key, node[key], child_pos(node, key, pos)))
     return out
