@@ -135,11 +135,16 @@ def _firing_dict(f: Firing) -> dict[str, Any]:
 def fetch_histories(api: Services, since: datetime, *, contacts: bool = False) -> Iterator[History]:
     """Conversations changed since `since`, each with every message (finds only, 50 per page)."""
     for conversation in api.conversations.changed_since(since):
-        messages = tuple(api.messages.all_for(conversation.channel, conversation.id))
-        contact = None
-        if contacts and conversation.contact_id is not None:
-            contact = api.contacts.get(conversation.contact_id)
-        yield History(conversation, messages, contact)
+        yield history_of(api, conversation, contacts=contacts)
+
+
+def history_of(api: Services, conversation: Conversation, *, contacts: bool = False) -> History:
+    """One conversation with every message (and its contact when the rules read contacts)."""
+    messages = tuple(api.messages.all_for(conversation.channel, conversation.id))
+    contact = None
+    if contacts and conversation.contact_id is not None:
+        contact = api.contacts.get(conversation.contact_id)
+    return History(conversation, messages, contact)
 
 
 # --- reconstruction --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import typer
 
 from worker.cli import app
 from worker.cli.common import settings_or_exit
+from worker.cli.progress import track
 
 
 @app.command("backtest")
@@ -23,7 +24,7 @@ def backtest(
     """Replay recent conversations through RULES and report what would have fired (read-only)."""
     from worker.api.client import ApiClient
     from worker.api.services import Services
-    from worker.backtest import fetch_histories, format_table, replay
+    from worker.backtest import format_table, history_of, replay
     from worker.rules.durations import DurationError, parse_duration
     from worker.rules.loader import load_rules
 
@@ -42,7 +43,11 @@ def backtest(
     ruleset = loaded.ruleset
     api = Services(ApiClient.from_settings(settings))
     # An API failure ends the command through worker.cli.failures (one line, exit 3).
-    histories = list(fetch_histories(api, start, contacts=ruleset.needs_contact))
+    changed = list(track(api.conversations.changed_since(start), "reading changed conversations", None))
+    histories = [
+        history_of(api, c, contacts=ruleset.needs_contact)
+        for c in track(changed, "reading messages", len(changed))
+    ]
     report = replay(ruleset, histories, start, now, latency=delay)
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_table(report))
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import redis
 import typer
 
 from worker.cli import app
 from worker.cli.common import rulebook_or_exit, settings_or_exit
+from worker.cli.progress import progress
 from worker.clock import SystemClock
 from worker.rules.evaluator import Evaluation
 from worker.rules.firing import Step, item_key
@@ -17,6 +19,10 @@ from worker.state.ledger import Ledger
 from worker.state.observed import Observations
 from worker.state.redis_conn import connect
 from worker.state.sla_pauses import SlaPauses
+
+if TYPE_CHECKING:
+    from worker.api.models import Conversation
+    from worker.scheduling.tick import Loop
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -114,9 +120,11 @@ def plan_command(
     pages = loop.poller.changed(loop.watermark.load(), loop.budget())
     changed = [c for page in pages for c in page.conversations]
     # --full adds the open conversations to the changed ones: never fewer than `plan` alone.
-    opened = [c for page in loop.poller.open_conversations(loop.budget()) for c in page] if full else []
+    opened = _open_conversations(loop) if full else []
     wanted = list({c.id: c for c in [*opened, *changed]}.values())
-    report = loop.process(wanted, "resync" if full else "incremental")
+    with progress("evaluating conversations", len(wanted) if full else None) as advance:
+        loop.on_read = advance if full else None  # progress on a terminal; the plain plan is quick
+        report = loop.process(wanted, "resync" if full else "incremental")
     now = runtime.clock.now()
     firings = collect(report.steps, report.deferred, {c.id: c for c in wanted}, rules.ruleset, now)
     planned = sum(len(s.items) for s in report.steps)
@@ -144,6 +152,15 @@ def plan_command(
     )
     for line in render_text(headline, firings):
         typer.echo(line)
+
+
+def _open_conversations(loop: Loop) -> list[Conversation]:
+    with progress("reading open conversations", None) as advance:
+        opened = []
+        for page in loop.poller.open_conversations(loop.budget()):
+            opened.extend(page)
+            advance(len(page))
+    return opened
 
 
 def _fired_before(shared: redis.Redis, ttl_s: int, evaluation: Evaluation) -> list[dict[str, str]]:

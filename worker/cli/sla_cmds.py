@@ -16,6 +16,7 @@ import typer
 
 from worker.cli import app
 from worker.cli.common import rulebook_or_exit, settings_or_exit
+from worker.cli.progress import track
 
 if TYPE_CHECKING:
     from worker.api.models import Conversation
@@ -44,7 +45,10 @@ def sla_command(
     api = Services(ApiClient.from_settings(settings))
     now = datetime.now(UTC)
     # An API failure ends the command through worker.cli.failures (one line, exit 3).
-    found = sla_clocks(api, ruleset, list(api.conversations.find({"status": "open"})), now, settings)
+    conversations = list(
+        track(api.conversations.find({"status": "open"}), "reading open conversations", None)
+    )
+    found = sla_clocks(api, ruleset, conversations, now, settings)
     rows = [c for c in found if show_all or c.state in SHOWN]
     typer.echo(render(rows, now, as_json=as_json))
 
@@ -58,7 +62,7 @@ def sla_clocks(
 
     _attach_pauses(ruleset, conversations, now, settings)
     out: list[SlaClock] = []
-    for conv in conversations:
+    for conv in track(conversations, "reading messages", len(conversations)):
         messages = api.messages.latest(conv.channel, conv.id) if ruleset.needs_messages else None
         out.extend(clocks(ruleset.sla_policies, EvalContext(conv, now, messages)))
     return sorted(out, key=lambda c: (c.left, c.conversation_id))

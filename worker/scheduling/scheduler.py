@@ -17,11 +17,15 @@ Jobs and why each is configured as it is:
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import structlog
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from worker.logs import get_logger
@@ -30,9 +34,24 @@ from worker.scheduling.tick import Loop
 from worker.state.lease import LeaderLease
 
 log = get_logger(__name__)
+SKIPPED_TICK = "maximum number of running instances reached"
 LEASE_NAME = "scheduler"
 LEASE_TTL_S = 10.0
 HOUSEKEEPING_INTERVAL_S = 5.0
+
+
+class _NoSkipNoise(logging.Filter):
+    """Drops APScheduler's warning for a tick skipped because the previous one still runs.
+
+    With max_instances=1 that skip is by design, and a long first poll (a backlog of
+    changes) made it repeat every poll interval; `SchedulerService` says it once instead.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return SKIPPED_TICK not in record.getMessage()
+
+
+_NO_SKIP_NOISE = _NoSkipNoise()
 
 
 class SchedulerService:
@@ -44,6 +63,11 @@ class SchedulerService:
         loop.owner = self.identity
         loop.fencing_token = lambda: self.lease.token
         self._scheduler = BackgroundScheduler(timezone="UTC")
+        self._running_since: dict[str, float] = {}  # job -> monotonic start of its running tick
+        self._told: set[str] = set()  # jobs whose running tick was already reported as long
+        self._lock = threading.Lock()
+        logging.getLogger("apscheduler.scheduler").addFilter(_NO_SKIP_NOISE)
+        self._scheduler.add_listener(self._still_running, EVENT_JOB_MAX_INSTANCES)
         self._add_jobs()
 
     def _add_jobs(self) -> None:
@@ -72,12 +96,33 @@ class SchedulerService:
             structlog.contextvars.bind_contextvars(job=name, scheduler=self.identity)
             if gated and not self.lease.is_leader:
                 return
+            with self._lock:
+                self._running_since[name] = time.monotonic()
             try:
                 fn()
             except Exception as exc:  # a failing tick is logged and retried next period
                 log.error("job_failed", error=str(exc), error_type=type(exc).__name__)
+            finally:
+                with self._lock:
+                    self._running_since.pop(name, None)
+                    self._told.discard(name)
 
         return run
+
+    def _still_running(self, event: JobEvent) -> None:
+        """A tick came due while the last one still runs: say so once per long tick."""
+        with self._lock:
+            started = self._running_since.get(event.job_id)
+            if started is None or event.job_id in self._told:
+                return
+            self._told.add(event.job_id)
+        log.info(
+            "tick_still_running",
+            job=event.job_id,
+            running_s=round(time.monotonic() - started, 1),
+            detail="still reading (a first poll reads every change since the watermark, page by page); "
+            "the next ticks wait until it ends",
+        )
 
     def contend(self) -> bool:
         """Acquire or renew the lease; log transitions."""

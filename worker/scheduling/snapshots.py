@@ -29,12 +29,15 @@ def read_snapshots(
     ruleset: RuleSet,
     conversations: Iterable[Conversation],
     on_error: SnapshotErrorHook | None = None,
+    on_read: Callable[[], None] | None = None,
 ) -> list[Snapshot]:
     snapshots = []
     for conversation in conversations:
         snapshot = read_snapshot(api, ruleset, conversation, on_error)
         if snapshot is not None:
             snapshots.append(snapshot)
+        if on_read is not None:
+            on_read()
     return snapshots
 
 

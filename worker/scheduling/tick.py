@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -102,6 +102,8 @@ class Loop:
         self.quarantine = Quarantine(runtime.redis, runtime.clock)
         self.unread = Unread(runtime.redis, runtime.clock)
         self.api_pause = SharedPause(runtime.redis, runtime.clock)
+        # Called after each conversation's snapshot is read (`inboxpilot plan` draws progress).
+        self.on_read: Callable[[], None] | None = None
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -185,7 +187,7 @@ class Loop:
         # SLA clocks skip the pauses seen on earlier ticks (worker/state/sla_pauses.py).
         (self.sla_pauses.attach if self.dry_run else self.sla_pauses.observe)(ruleset, conversations, now)
         pairs: list[tuple[int, Match]] = []
-        snapshots = read_snapshots(runtime.api, ruleset, conversations, self._snapshot_failed)
+        snapshots = read_snapshots(runtime.api, ruleset, conversations, self._snapshot_failed, self.on_read)
         self._note_read([s.conversation.id for s in snapshots])
         for snapshot in snapshots:
             try:
