@@ -94,7 +94,7 @@ def step_words(
         describe = BULK_WORDS.get(step.bulk.action)
         text = describe(fields, ruleset) if describe else f"{step.bulk.action} {fields}"
         pool = pool_words(ruleset, rule_action(ruleset, rule_id, item_key))
-        return f"{text} ({pool.removesuffix(', round robin').split(',')[0]})" if pool else text
+        return f"{text} ({pool.split(',')[0]})" if pool else text  # the pool's name only
     if step.kind == "tags":
         return tag_delta_words(step.action.get("changes", {}).get(item_key, {}))
     return action_data_words(step.action, text_chars)
@@ -171,11 +171,6 @@ def firing_verb(rule: Rule) -> str | None:
     if not shares:
         return None
     return "escalated" if max(shares) >= 1 else "warned on"
-
-
-def is_sla_rule(rule: Rule | None) -> bool:
-    """A rule made from an SLA policy (or using an `sla` condition directly)."""
-    return rule is not None and firing_verb(rule) is not None
 
 
 FOLLOWUP_CONDITIONS = frozenset({"silent_after_reply", "silent_for"})
