@@ -17,10 +17,15 @@ from worker.cli.failures import EXIT_PORT, Failure
 from worker.logs import get_logger
 
 if TYPE_CHECKING:
+    import dramatiq
+
     from worker.app import App
     from worker.health import HealthServer
+    from worker.scheduling.scheduler import SchedulerService
 
 log = get_logger("worker.run")
+# Workers finish the message in hand within the actor time limit; wait a little longer.
+STOP_MARGIN_S = 15.0
 
 
 class Role(StrEnum):
@@ -78,13 +83,31 @@ def run(
     log.info("running", role=role.value, threads=threads if worker else 0)
     stop.wait()
     log.info("stopping", role=role.value)
-    if scheduler is not None:
-        scheduler.shutdown()  # stop polling first, release the lease
-    if worker is not None:
-        worker.stop()  # lets in-flight actors finish
+    _stop_together(scheduler, worker, settings.actor_time_limit_s + STOP_MARGIN_S)
     if health is not None:
         health.stop()
     built.close()
+
+
+def _stop_together(
+    scheduler: SchedulerService | None, worker: dramatiq.Worker | None, timeout_s: float
+) -> None:
+    """Stop polling and stop taking messages at once, then wait for both.
+
+    One after the other, a backlog kept the worker consuming while the scheduler's
+    tick wound down. Now: the tick ends at its next page or conversation, worker
+    threads finish the message in hand (the actor time limit bounds it) and take no
+    other, and the messages they had prefetched go back to the queue.
+    """
+    if scheduler is not None:
+        scheduler.loop.stop.set()
+    stopping = threading.Thread(target=scheduler.shutdown, name="scheduler-stop") if scheduler else None
+    if stopping is not None:
+        stopping.start()
+    if worker is not None:
+        worker.stop(timeout=int(timeout_s * 1000))
+    if stopping is not None:
+        stopping.join()
 
 
 def _redis_answers(url: str) -> None:

@@ -46,6 +46,11 @@ from worker.state.watermark import Watermark
 log = get_logger(__name__)
 
 
+class TickStopped(Exception):
+    """Shutdown was asked for mid-tick: the tick ends at the next conversation, the rest is
+    left for the next leader (the watermark does not pass what was not processed)."""
+
+
 class Dispatcher(Protocol):
     """Where claimed steps go: the dramatiq actors, or a list in a dry run."""
 
@@ -187,7 +192,9 @@ class Loop:
         # SLA clocks skip the pauses seen on earlier ticks (worker/state/sla_pauses.py).
         (self.sla_pauses.attach if self.dry_run else self.sla_pauses.observe)(ruleset, conversations, now)
         pairs: list[tuple[int, Match]] = []
-        snapshots = read_snapshots(runtime.api, ruleset, conversations, self._snapshot_failed, self.on_read)
+        snapshots = read_snapshots(
+            runtime.api, ruleset, self._until_stopped(conversations), self._snapshot_failed, self.on_read
+        )
         self._note_read([s.conversation.id for s in snapshots])
         for snapshot in snapshots:
             try:
@@ -205,6 +212,17 @@ class Loop:
             RULE_MATCHES.labels(rule=match.rule_id).inc()
         self._plan_and_dispatch(self._unclaimed(pairs), conversations, report)
         return report
+
+    def _until_stopped(self, conversations: Sequence[Conversation]) -> Iterable[Conversation]:
+        """The conversations to read, ending the tick as soon as shutdown is asked for.
+
+        Snapshot reads are the slow part of a tick (a page of 50 conversations may take
+        a minute on a slow API): the scheduler must not hold shutdown for them.
+        """
+        for conversation in conversations:
+            if self.stop.is_set():
+                raise TickStopped("shutdown: the rest of this page is left for the next tick")
+            yield conversation
 
     def _snapshot_failed(self, conversation: Conversation, exc: Exception) -> None:
         """A conversation left out of this tick stays due: a timer reads it again (state/unread.py)."""
