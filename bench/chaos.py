@@ -42,6 +42,7 @@ def long_config(workdir: Path, seed: int, conversations: int, followups: int) ->
         redis_restarts=2,
         redis_data_losses=1,
         converge_timeout_s=300.0,
+        racing=40,
     )
 
 
@@ -56,9 +57,14 @@ def tables(report_: ChaosReport, config: ChaosConfig, seconds: float) -> list[tu
     for reason, count in sorted(report_.ledger_failed.items()):
         ledger.add(reason, count)
     ledger.add("read-backs that found the effect already applied", report_.read_back_found)
+    fresh = Table(["staleness re-check -> call", "ms"])
+    for label, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
+        fresh.add(label, report_.staleness(q))
+    fresh.add("actions measured", len(report_.staleness_ms))
+    fresh.add("answers sent after the customer wrote again (rule no longer held)", report_.stale_sends)
     ledger.add("dead letters left", report_.dead_letters)
     ledger.add("token in log lines", len(report_.token_leaks))
-    return [("Verdict", verdict), ("Faults injected", faults), ("Ledger", ledger)]
+    return [("Verdict", verdict), ("Faults injected", faults), ("Ledger", ledger), ("Freshness", fresh)]
 
 
 def notes(config: ChaosConfig, report_: ChaosReport) -> list[str]:
@@ -115,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with RESULTS_PATH.open("a", encoding="utf-8") as out:  # append only: others write here too
             out.write("\n" + text)
     ok = result.duplicates == 0 and result.lost == 0 and result.unexpected == 0 and not result.token_leaks
+    ok = ok and result.stale_sends == 0
     return 0 if ok else 1
 
 

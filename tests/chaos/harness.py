@@ -34,6 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,9 @@ class ChaosConfig:
     converge_timeout_s: float = 100.0
     http_timeout_s: float = 1.0
     redrive_after_s: float = 20.0
+    # Conversations whose second customer message races the first answer (0.3-2 s after
+    # creation): the first answer may be skipped as moot, but must never go out after it.
+    racing: int = 6
     lease_ttl_s: float = 3.0
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -121,6 +125,15 @@ class ChaosReport:
     dead_letters: int = 0
     token_leaks: list[str] = field(default_factory=list)
     read_back_found: int = 0  # attempts that found their effect already applied and sent nothing
+    stale_sends: int = 0  # answers applied after the customer had written again (rule no longer held)
+    staleness_ms: list[float] = field(default_factory=list)  # re-check -> call, per applied action
+
+    def staleness(self, q: float) -> float | None:
+        """The q-quantile (0..1) of re-check -> call in ms, None without samples."""
+        if not self.staleness_ms:
+            return None
+        ordered = sorted(self.staleness_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     def summary(self) -> str:
         faults = ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
@@ -131,6 +144,9 @@ class ChaosReport:
             f"lost={self.lost} unexpected={self.unexpected} converged={converged}\n"
             f"faults injected: {faults}\n"
             f"read-backs that found the effect already there: {self.read_back_found}\n"
+            f"staleness re-check -> call (ms): p50={self.staleness(0.5)} p99={self.staleness(0.99)} "
+            f"max={self.staleness(1.0)} over {len(self.staleness_ms)} actions; "
+            f"answers sent after the customer wrote again: {self.stale_sends}\n"
             f"ledger failed: {failed}; dead letters: {self.dead_letters}; "
             f"token in logs: {len(self.token_leaks)}"
         )
@@ -375,6 +391,7 @@ class Ledgerless:
         self._admin = admin
         self._since = 0
         self.applied: Counter[tuple[str, ...]] = Counter()
+        self.applied_at: dict[tuple[str, ...], str] = {}  # first applied, API time (ISO, Z)
         self.other: list[str] = []
 
     def refresh(self) -> None:
@@ -393,17 +410,24 @@ class Ledgerless:
         elif path == SEND_PATH and body.get("message_type") == "note":
             self.applied[("triage", str(body.get("conversation_id")))] += 1
         elif path == SEND_PATH and body.get("message_type") == "text":
-            self.applied[("ack", str(body.get("conversation_id")), str(body.get("message_text")))] += 1
+            key = ("ack", str(body.get("conversation_id")), str(body.get("message_text")))
+            self.applied[key] += 1
+            self.applied_at.setdefault(key, str(entry["time"]))
         else:
             self.other.append(f"{entry['method']} {path} {json.dumps(body)[:120]}")
 
     def acks(self, cid: str) -> int:
         return sum(1 for key in self.applied if key[0] == "ack" and key[1] == cid)
 
+    def ack_keys(self, cid: str) -> list[tuple[str, ...]]:
+        return [key for key in self.applied if key[0] == "ack" and key[1] == cid]
+
 
 @dataclass
 class Expected:
     rounds: dict[str, int] = field(default_factory=dict)  # conversation id -> customer messages
+    # Raced conversations: their second message's creation time (API time, ISO with Z).
+    raced: dict[str, str] = field(default_factory=dict)
 
     def total(self) -> int:
         return sum(2 + n for n in self.rounds.values())
@@ -412,8 +436,29 @@ class Expected:
         out = []
         for cid, rounds in self.rounds.items():
             out += [f"{kind} {cid}" for kind in ("assign", "triage") if not seen.applied[(kind, cid)]]
+            if cid in self.raced:  # the latest message must be answered; the first may be moot
+                if not any(_answers(key, self.raced[cid]) for key in seen.ack_keys(cid)):
+                    out.append(f"ack {cid} (2, raced)")
+                continue
             out += [f"ack {cid} ({n + 1})" for n in range(seen.acks(cid), rounds)]
         return out
+
+    def stale(self, seen: Ledgerless) -> list[str]:
+        """Answers to a first message applied after the second one arrived: sent when stale."""
+        out = []
+        for cid, second_at in self.raced.items():
+            for key in seen.ack_keys(cid):
+                if not _answers(key, second_at) and seen.applied_at.get(key, "") > second_at:
+                    out.append(f"stale: {key[2]} applied at {seen.applied_at[key]} after {second_at}")
+        return out
+
+
+def _answers(key: tuple[str, ...], inbound_at: str) -> bool:
+    """Whether an ack's text names the customer message created at `inbound_at`."""
+    named = key[2].rsplit(" @ ", 1)[-1]
+    with contextlib.suppress(ValueError):
+        return datetime.fromisoformat(named) == datetime.fromisoformat(inbound_at.replace("Z", "+00:00"))
+    return False
 
 
 def verdict(expected: Expected, seen: Ledgerless, report: ChaosReport) -> None:
@@ -424,6 +469,9 @@ def verdict(expected: Expected, seen: Ledgerless, report: ChaosReport) -> None:
     missing = expected.missing(seen)
     report.lost = len(missing)
     report.details += [f"lost: {m}" for m in missing]
+    stale = expected.stale(seen)
+    report.stale_sends = len(stale)
+    report.details += stale
     extra_acks = sum(max(0, seen.acks(cid) - n) for cid, n in expected.rounds.items())
     strangers = {key[1] for key in seen.applied} - set(expected.rounds)
     report.unexpected = extra_acks + len(strangers) + len(seen.other)
@@ -447,6 +495,7 @@ class ChaosRun:
         self._followups_left = min(config.followups, config.conversations)
         self._followed: set[str] = set()
         self._created = 0
+        self._created_ids: list[str] = []
 
     def run(self) -> ChaosReport:
         started = time.monotonic()
@@ -474,6 +523,8 @@ class ChaosRun:
         events: list[Event] = []
         gap = c.create_over_s / max(c.conversations, 1)
         events += [(i * gap, "create", self._create) for i in range(c.conversations)]
+        racers = rng.sample(range(c.conversations), min(c.racing, c.conversations))
+        events += [(i * gap + rng.uniform(0.3, 2.0), "race", lambda i=i: self._race(i)) for i in racers]
 
         def at() -> float:
             return rng.uniform(2.0, c.inject_over_s)
@@ -566,6 +617,9 @@ class ChaosRun:
                 self.report.token_leaks.append(line[:200])
             if '"firing_executed"' in line and ('"reconciled": true' in line or '"already": true' in line):
                 self.report.read_back_found += 1
+            if '"firing_executed"' in line and '"staleness_ms"' in line:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    self.report.staleness_ms.append(float(json.loads(line)["staleness_ms"]))
 
     # --- the driver: the customers
 
@@ -575,6 +629,20 @@ class ChaosRun:
             "conversations", {"channel": CHANNEL, "message_text": f"help #{self._created}"}
         )
         self.expected.rounds[str(record["id"])] = 1
+        self._created_ids.append(str(record["id"]))
+
+    def _race(self, index: int) -> None:
+        """The customer writes again before (or while) the first message is answered."""
+        if index >= len(self._created_ids):
+            return
+        cid = self._created_ids[index]
+        if cid in self._followed:
+            return
+        self._followed.add(cid)
+        self._followups_left = max(0, self._followups_left - 1)
+        sent = self.admin.post("inbound", {"conversation_id": int(cid), "message_text": f"also #{cid}"})
+        self.expected.rounds[cid] = 2
+        self.expected.raced[cid] = str(sent["created_at"])
 
     def _follow_up(self) -> None:
         """A second customer message, sent once the first was answered (so it is a new situation)."""

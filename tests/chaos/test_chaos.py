@@ -34,6 +34,8 @@ def test_exactly_once_under_chaos(tmp_path: Path) -> None:
     assert report.duplicates == 0, report.details
     assert report.lost == 0, report.details
     assert report.unexpected == 0, report.details
+    assert report.stale_sends == 0, report.details  # never sent once the customer wrote again
+    assert report.staleness_ms, "no action reported how old its re-check was"
     assert report.token_leaks == [], report.token_leaks[:3]
     # The run really was chaotic: every kind of fault happened.
     for kind in (

@@ -11,7 +11,14 @@ from __future__ import annotations
 from dramatiq.errors import Retry
 
 from worker.execution.policy import outcomes
-from worker.execution.recheck import MAX_RECHECKS, changed_since, moot_reason, observe_staleness, read_one
+from worker.execution.recheck import (
+    MAX_RECHECKS,
+    changed_since,
+    moot_reason,
+    observe_staleness,
+    out_of_redrives,
+    read_one,
+)
 from worker.execution.registry import executor
 from worker.execution.runs import Run, StepError, finish, idempotency_key
 from worker.metrics import RECONCILIATIONS
@@ -41,6 +48,8 @@ def _run_one(runtime: Runtime, automation_id: int | str, run: Run) -> None:
         reason = moot_reason(runtime, run, fresh)
         if reason is not None:
             finish(runtime, run, "skipped", reason=reason)
+            return
+        if out_of_redrives(runtime, run):  # no read-back in the contract for automations
             return
         automations = runtime.api.automations
         payload = automations.build_initial_payload(run.item.conversation_id)

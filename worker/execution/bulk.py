@@ -16,6 +16,7 @@ from worker.execution.recheck import (
     changed_since,
     moot_reason,
     observe_staleness,
+    out_of_redrives,
     read_many,
 )
 from worker.execution.registry import executor
@@ -104,4 +105,4 @@ def _bulk_needed(
     if reason is not None:
         finish(runtime, run, "skipped", reason=reason)
         return False
-    return True
+    return not out_of_redrives(runtime, run)

@@ -80,11 +80,11 @@ def _begin(runtime: Runtime, step: Step) -> list[Run]:
     label = action_label(step)
     runs = []
     for item in step.items:
-        attempt = runtime.ledger.begin_attempt(item.key)
-        if attempt is None:
+        begun = runtime.ledger.begin(item.key)
+        if begun is None:
             log.debug("firing_already_finished", key=item.key)
             continue
-        runs.append(Run(item, attempt, label))
+        runs.append(Run(item, begun[0], label, verdict=begun[1]))
     return runs
 
 

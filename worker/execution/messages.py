@@ -20,6 +20,7 @@ from worker.execution.recheck import (
     changed_since,
     moot_reason,
     observe_staleness,
+    out_of_redrives,
     read_one,
 )
 from worker.execution.registry import executor
@@ -246,7 +247,7 @@ def _checked_plan(
     if reason is not None:
         finish(runtime, run, "skipped", reason=reason)
         return None
-    return plan
+    return None if out_of_redrives(runtime, run) else plan
 
 
 def _attached(plan: SendPlan) -> dict[str, Any]:

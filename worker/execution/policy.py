@@ -16,8 +16,10 @@ The code below (`outcomes`, `left_for_redrive`) is this list.
 - item busy (another delivery holds its lock): dramatiq, a quiet ``Retry`` after
   ``busy_retry_ms`` (`worker/state/locks.py`) -> unchanged.
 - retries ran out on a transient error, Redis away, or AgeLimit dropped the message: the
-  ledger's re-drive (scheduler), every ``redrive_after_s``, ``max_redrives`` times -> stays
-  ``pending``, then ``failed`` "redrive_limit".
+  ledger's re-drive (scheduler), every ``redrive_after_s``, ``max_redrives`` times, never while
+  its message is still in the broker (queued, delayed, in flight) -> stays ``pending``; then a
+  verdict delivery reads back and re-checks: ``done`` / ``skipped`` when applied or moot, else
+  ``failed`` "redrive_limit" without acting (`recheck.out_of_redrives`).
 - retries ran out on a permanent error, or a malformed queue message (``throws=``): nobody
   (a dead letter, `worker/queue/dead_letters.py`) -> ``failed`` "dead_lettered".
 - a claim whose message never ran (lost, worker killed): the ledger's re-drive, as above.

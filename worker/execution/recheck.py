@@ -143,6 +143,19 @@ def moot_reason(runtime: Runtime, run: Run, fresh: Fresh) -> str | None:
     return "moot: the rule no longer holds"
 
 
+def out_of_redrives(runtime: Runtime, run: Run) -> bool:
+    """On the verdict delivery, fail the item instead of acting: True when it did.
+
+    Called only after the read-back found no effect and the re-check still holds,
+    so an item whose effect is applied is never failed for running out of re-drives.
+    """
+    if not run.verdict:
+        return False
+    reason = "redrive_limit: re-drives ran out; read back first, the effect is not there"
+    finish(runtime, run, "failed", reason=reason)
+    return True
+
+
 def firing_started(runtime: Runtime, run: Run, actions: int) -> bool:
     """True when another action of the same firing was already carried out.
 

@@ -36,6 +36,8 @@ class Run:
     started: float = field(default_factory=time.perf_counter)
     finished: bool = False
     retry_noted: bool = False
+    # The delivery after the last re-drive: read back and re-check, then fail instead of acting.
+    verdict: bool = False
 
     @property
     def firing_key(self) -> str:

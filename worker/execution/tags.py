@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from worker.api.errors import NotFound
 from worker.api.models import Conversation
 from worker.execution.policy import EXEC_LOCK_TTL_MS, outcomes
-from worker.execution.recheck import Fresh, moot_reason, read_many
+from worker.execution.recheck import Fresh, moot_reason, out_of_redrives, read_many
 from worker.execution.registry import executor
 from worker.execution.runs import Run, StepError, finish, idempotency_key
 from worker.metrics import RECONCILIATIONS
@@ -116,7 +116,7 @@ def _needed(runtime: Runtime, run: Run, record: Conversation | None, delta: Delt
     if reason is not None:
         finish(runtime, run, "skipped", reason=reason)
         return False
-    return True
+    return not out_of_redrives(runtime, run)
 
 
 def _write(

@@ -55,7 +55,13 @@ from worker.config import Settings
 from worker.execution.policy import MAX_AGE_MS, MAX_BACKOFF_MS, MAX_RETRIES, MIN_BACKOFF_MS, TIME_LIMIT_MS
 from worker.logs import get_logger
 from worker.queue.dead_letters import record_dead_letter
-from worker.queue.middleware import ArmedTimeLimit, DeadLetterNotice, LogContext, RuntimeProvider
+from worker.queue.middleware import (
+    ArmedTimeLimit,
+    DeadLetterNotice,
+    LogContext,
+    QueuedMarker,
+    RuntimeProvider,
+)
 from worker.runtime import Runtime
 from worker.state.redis_conn import connect
 
@@ -86,6 +92,15 @@ def default_middleware(
     ]
 
 
+def message_hashes(settings: Settings, queue: str) -> tuple[str, ...]:
+    """The Redis broker's hashes holding `queue`'s queued and delayed messages, when that
+    broker lives on the ledger's Redis (else () : RabbitMQ, or a broker on another server)."""
+    url = settings.broker_url or settings.redis_url
+    if url.startswith(AMQP_SCHEMES) or (settings.broker_url and settings.broker_url != settings.redis_url):
+        return ()
+    return (f"{REDIS_NAMESPACE}:{queue}.msgs", f"{REDIS_NAMESPACE}:{queue}.DQ.msgs")
+
+
 def build_broker(
     settings: Settings,
     *,
@@ -103,7 +118,7 @@ def build_broker(
     """
     extra = list(extra_middleware)
     if runtime is not None:
-        from_runtime: list[Middleware] = [RuntimeProvider(runtime)]
+        from_runtime: list[Middleware] = [RuntimeProvider(runtime), QueuedMarker(runtime)]
         if not any(isinstance(m, DeadLetterNotice) for m in extra):
             from_runtime.append(DeadLetterNotice(on_dead_letter=record_dead_letter(runtime.ledger)))
         extra = from_runtime + extra

@@ -162,6 +162,30 @@ class DeadLetterNotice(Middleware):
             self.on_dead_letter(message, exception)
 
 
+class QueuedMarker(Middleware):
+    """Tells the ledger which broker message now carries each firing item.
+
+    Every enqueue counts: the first one, a retry's, a delayed message moved to its
+    queue (each gets a new Redis message id). The ledger's re-drive then knows a
+    pending item still queued behind a backlog from one whose message is gone.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def after_enqueue(
+        self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
+    ) -> None:
+        keys = message.kwargs.get("firing_keys")
+        ref = message.options.get("redis_message_id")
+        if not keys or not ref:
+            return
+        try:
+            self.runtime.ledger.note_queued([str(k) for k in keys], str(ref))
+        except Exception:  # advisory: without it the re-drive falls back to time alone
+            log.warning("queued_mark_failed", exc_info=True)
+
+
 class RuntimeProvider(Middleware):
     """Hands this process's runtime to the actors of its broker (`runtime_of`), with no global."""
 

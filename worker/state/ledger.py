@@ -64,6 +64,8 @@ DEFAULT_REDRIVE_AFTER_S = 180.0
 # After this many re-drives a firing is failed with reason "redrive_limit"
 # instead of looping forever (a poisoned firing must end, visibly).
 DEFAULT_MAX_REDRIVES = 5
+# Re-drives of the final "read back, then fail" delivery before failing without one.
+VERDICT_REDRIVES = 3
 
 State = Literal["pending", "done", "failed"]
 log = get_logger(__name__)
@@ -106,12 +108,12 @@ return 1
 
 _BEGIN_ATTEMPT = """
 -- KEYS: entry, redrive   ARGV: key, now, redrive_at, ttl
-if redis.call('hget', KEYS[1], 'state') ~= 'pending' then return 0 end
+if redis.call('hget', KEYS[1], 'state') ~= 'pending' then return {0, 0} end
 local n = redis.call('hincrby', KEYS[1], 'attempts', 1)
 redis.call('hset', KEYS[1], 'updated_at', ARGV[2])
 redis.call('expire', KEYS[1], ARGV[4])
 redis.call('zadd', KEYS[2], ARGV[3], ARGV[1])
-return n
+return {n, tonumber(redis.call('hget', KEYS[1], 'verdict') or '0')}
 """
 
 _FINISH = """
@@ -129,16 +131,28 @@ return 1
 """
 
 _DUE_REDRIVES = """
--- KEYS: redrive, audit   ARGV: now, limit, next_at, max_redrives, entry_prefix, maxlen
+-- KEYS: redrive, audit, then the broker's message hashes (queued, delayed)
+-- ARGV: now, limit, next_at, max_redrives, entry_prefix, maxlen, verdict_redrives
 local keys = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local out = {}
 for _, key in ipairs(keys) do
   local entry = ARGV[5] .. key
   local e = redis.call('hmget', entry, 'state', 'payload', 'redrives', 'rule_id', 'conversation_id',
-    'attempts')
+    'attempts', 'msg')
+  local queued = false
+  if e[7] then
+    for i = 3, #KEYS do
+      if redis.call('hexists', KEYS[i], e[7]) == 1 then queued = true end
+    end
+  end
+  local redrives = tonumber(e[3] or '0')
   if e[1] ~= 'pending' then
     redis.call('zrem', KEYS[1], key)
-  elseif tonumber(e[3] or '0') >= tonumber(ARGV[4]) then
+  elseif queued then
+    -- Its message is still queued, delayed or in a worker's hands: behind a backlog, not lost.
+    redis.call('zadd', KEYS[1], ARGV[3], key)
+  elseif redrives >= tonumber(ARGV[4]) + tonumber(ARGV[7]) then
+    -- Even the read-back-before-failing messages were lost: end it, visibly.
     redis.call('zrem', KEYS[1], key)
     redis.call('hset', entry, 'state', 'failed', 'reason', 'redrive_limit', 'updated_at', ARGV[1])
     redis.call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'key', key, 'state', 'failed',
@@ -147,6 +161,10 @@ for _, key in ipairs(keys) do
     table.insert(out, key)
     table.insert(out, '')
   else
+    if redrives >= tonumber(ARGV[4]) then
+      -- Out of re-drives: one more delivery that reads back and re-checks, then ends it.
+      redis.call('hset', entry, 'verdict', 1)
+    end
     redis.call('hincrby', entry, 'redrives', 1)
     redis.call('zadd', KEYS[1], ARGV[3], key)
     table.insert(out, key)
@@ -154,6 +172,14 @@ for _, key in ipairs(keys) do
   end
 end
 return out
+"""
+
+_NOTE_QUEUED = """
+-- KEYS: entries   ARGV: message ref
+for _, entry in ipairs(KEYS) do
+  if redis.call('hget', entry, 'state') == 'pending' then redis.call('hset', entry, 'msg', ARGV[1]) end
+end
+return 1
 """
 
 _REOPEN = """
@@ -192,6 +218,10 @@ class Ledger:
         self._finish = client.register_script(_FINISH)
         self._due = client.register_script(_DUE_REDRIVES)
         self._reopen = client.register_script(_REOPEN)
+        self._note_queued = client.register_script(_NOTE_QUEUED)
+        # The broker's message hashes on this Redis (set by the app when the broker is
+        # the Redis one here): a pending item whose message is in one is queued, not lost.
+        self.queued_in: tuple[str, ...] = ()
 
     def _now(self, now: datetime | None) -> float:
         return to_epoch(now or self._clock.now())
@@ -234,6 +264,24 @@ class Ledger:
             log.debug("firing_already_claimed", key=key)
         return bool(won)
 
+    def begin(self, key: str, now: datetime | None = None) -> tuple[int, bool] | None:
+        """`begin_attempt`, and whether this is the verdict delivery after the last re-drive.
+
+        A verdict delivery reads back and re-checks like any attempt, but fails the
+        item instead of acting (its re-drives ran out; the effect was read back first).
+        """
+        at = self._now(now)
+        n, verdict = self._begin(
+            keys=[ENTRY_PREFIX + key, REDRIVE_KEY],
+            args=[key, repr(at), repr(at + self.redrive_after_s), self.ttl_s],
+        )
+        return (int(n), bool(int(verdict))) if int(n) else None
+
+    def note_queued(self, keys: list[str], message_ref: str) -> None:
+        """These pending items are now carried by broker message `message_ref` (enqueued or requeued)."""
+        if keys:
+            self._note_queued(keys=[ENTRY_PREFIX + key for key in keys], args=[message_ref])
+
     def begin_attempt(self, key: str, now: datetime | None = None) -> int | None:
         """Record a recovery point before an API call; returns the attempt number (1, 2, ...).
 
@@ -241,12 +289,8 @@ class Ledger:
         the caller must not act. An attempt number > 1 means an earlier attempt
         may have been applied: reconcile (read back) before resending.
         """
-        at = self._now(now)
-        n = self._begin(
-            keys=[ENTRY_PREFIX + key, REDRIVE_KEY],
-            args=[key, repr(at), repr(at + self.redrive_after_s), self.ttl_s],
-        )
-        return int(n) or None
+        begun = self.begin(key, now)
+        return begun[0] if begun is not None else None
 
     def mark_done(self, key: str, outcome: dict[str, Any] | None = None, now: datetime | None = None) -> bool:
         """Record success; False when the firing was not pending (nothing changed, no audit line)."""
@@ -280,12 +324,17 @@ class Ledger:
         """Pending claims past their re-drive time, as (key, payload), rescheduled atomically.
 
         Each returned firing must be re-enqueued by the caller; it comes back
-        again after `redrive_after_s` if still pending, and is failed with
-        reason ``redrive_limit`` after `max_redrives` re-drives.
+        again after `redrive_after_s` if still pending. A firing whose message is
+        still in the broker (`queued_in`: queued behind a backlog, delayed for a
+        retry, in a worker's hands) is not lost: its time is pushed back and no
+        re-drive is spent. After `max_redrives` re-drives the next delivery is a
+        verdict (`begin`): it reads back and fails the item only when the effect is
+        not there; only when that too is lost `VERDICT_REDRIVES` times is the item
+        failed here with reason ``redrive_limit``.
         """
         at = self._now(now)
         flat = self._due(
-            keys=[REDRIVE_KEY, AUDIT_STREAM],
+            keys=[REDRIVE_KEY, AUDIT_STREAM, *self.queued_in],
             args=[
                 repr(at),
                 limit,
@@ -293,6 +342,7 @@ class Ledger:
                 self.max_redrives,
                 ENTRY_PREFIX,
                 self._audit_maxlen,
+                VERDICT_REDRIVES,
             ],
         )
         raw = [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
