@@ -61,7 +61,10 @@ def tables(report_: ChaosReport, config: ChaosConfig, seconds: float) -> list[tu
     for label, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
         fresh.add(label, report_.staleness(q))
     fresh.add("actions measured", len(report_.staleness_ms))
-    fresh.add("answers sent after the customer wrote again (rule no longer held)", report_.stale_sends)
+    fresh.add("answers sent when the rule no longer held at re-check", report_.stale_sends)
+    fresh.add(
+        "answers whose customer wrote between re-check and call (no CAS in the API)", report_.raced_sends
+    )
     ledger.add("dead letters left", report_.dead_letters)
     ledger.add("token in log lines", len(report_.token_leaks))
     return [("Verdict", verdict), ("Faults injected", faults), ("Ledger", ledger), ("Freshness", fresh)]

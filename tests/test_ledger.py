@@ -11,6 +11,7 @@ from worker.rules.firing import firing_key, split_firing_key
 from worker.state.ledger import (
     AUDIT_STREAM,
     ENTRY_PREFIX,
+    VERDICT_REDRIVES,
     Ledger,
     read_audit,
 )
@@ -137,17 +138,46 @@ def test_begin_attempt_postpones_redrive(redis_client: redis.Redis, clock: FakeC
     assert [k for k, _ in ledger.due_redrives()] == ["r:1:x"]
 
 
-def test_redrive_limit_fails_the_firing(redis_client: redis.Redis, clock: FakeClock) -> None:
+def test_out_of_redrives_a_firing_gets_a_verdict_delivery_then_fails(
+    redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """After max_redrives a lost firing is handed out once more for a read-back (begin says
+    so); only when those deliveries are lost too is it failed here."""
     ledger = make(redis_client, clock, max_redrives=2)
     ledger.claim("r:1:x", {})
-    handed = 0
-    for _ in range(4):
+    handed = []
+    for _ in range(2 + VERDICT_REDRIVES + 2):
         clock.advance(61)
-        handed += len(ledger.due_redrives())
-    assert handed == 2
+        handed.append(len(ledger.due_redrives()))
+    assert handed == [1] * (2 + VERDICT_REDRIVES) + [0, 0]
     entry = ledger.get("r:1:x")
     assert entry is not None and (entry.state, entry.reason) == ("failed", "redrive_limit")
     assert read_audit(redis_client)[-1]["reason"] == "redrive_limit"
+
+
+def test_the_verdict_delivery_is_marked(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock, max_redrives=1)
+    ledger.claim("r:1:x", {})
+    clock.advance(61)
+    ledger.due_redrives()
+    assert ledger.begin("r:1:x") == (1, False)
+    clock.advance(200)
+    assert len(ledger.due_redrives()) == 1
+    assert ledger.begin("r:1:x") == (2, True)
+
+
+def test_a_queued_message_is_not_redriven(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock, max_redrives=1)
+    ledger.queued_in = ("q.msgs",)
+    ledger.claim("r:1:x", {})
+    ledger.note_queued(["r:1:x"], "m1")
+    redis_client.hset("q.msgs", "m1", "{}")
+    for _ in range(10):
+        clock.advance(3600)
+        assert ledger.due_redrives() == []
+    redis_client.hdel("q.msgs", "m1")  # the broker lost it
+    clock.advance(61)
+    assert [k for k, _ in ledger.due_redrives()] == ["r:1:x"]
 
 
 def test_a_firing_failed_at_the_redrive_limit_is_logged_at_warning(
@@ -155,8 +185,9 @@ def test_a_firing_failed_at_the_redrive_limit_is_logged_at_warning(
 ) -> None:
     ledger = make(redis_client, clock, max_redrives=1)
     ledger.claim("r:1:x", {})
-    clock.advance(61)
-    assert len(ledger.due_redrives()) == 1
+    for _ in range(1 + VERDICT_REDRIVES):
+        clock.advance(200)
+        assert len(ledger.due_redrives()) == 1
     logs = capture_logs()
     clock.advance(200)
     assert ledger.due_redrives() == []

@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +125,10 @@ class ChaosReport:
     dead_letters: int = 0
     token_leaks: list[str] = field(default_factory=list)
     read_back_found: int = 0  # attempts that found their effect already applied and sent nothing
-    stale_sends: int = 0  # answers applied after the customer had written again (rule no longer held)
+    stale_sends: int = 0  # answers sent although the customer had written again before the re-check
+    raced_sends: int = 0  # ... who wrote again between the re-check and the call (the API has no CAS)
+    # Per conversation, the re-check -> call ms of each ack it got: (situation key, ms).
+    ack_staleness: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     staleness_ms: list[float] = field(default_factory=list)  # re-check -> call, per applied action
 
     def staleness(self, q: float) -> float | None:
@@ -146,7 +149,8 @@ class ChaosReport:
             f"read-backs that found the effect already there: {self.read_back_found}\n"
             f"staleness re-check -> call (ms): p50={self.staleness(0.5)} p99={self.staleness(0.99)} "
             f"max={self.staleness(1.0)} over {len(self.staleness_ms)} actions; "
-            f"answers sent after the customer wrote again: {self.stale_sends}\n"
+            f"answers sent when the rule no longer held at re-check: {self.stale_sends} "
+            f"(customer wrote between re-check and call: {self.raced_sends})\n"
             f"ledger failed: {failed}; dead letters: {self.dead_letters}; "
             f"token in logs: {len(self.token_leaks)}"
         )
@@ -443,14 +447,44 @@ class Expected:
             out += [f"ack {cid} ({n + 1})" for n in range(seen.acks(cid), rounds)]
         return out
 
-    def stale(self, seen: Ledgerless) -> list[str]:
-        """Answers to a first message applied after the second one arrived: sent when stale."""
+    def stale(self, seen: Ledgerless, report: ChaosReport) -> list[str]:
+        """Answers to a first message applied after the second one arrived.
+
+        Stale when the second message came before the answer's re-check (applied time
+        minus its logged re-check -> call time): the rule no longer held when checked.
+        One that came between the re-check and the call is a race no client can close
+        (the API has no compare-and-set); it is counted apart (`raced_sends`).
+        """
         out = []
         for cid, second_at in self.raced.items():
             for key in seen.ack_keys(cid):
-                if not _answers(key, second_at) and seen.applied_at.get(key, "") > second_at:
-                    out.append(f"stale: {key[2]} applied at {seen.applied_at[key]} after {second_at}")
+                applied_at = seen.applied_at.get(key, "")
+                if _answers(key, second_at) or applied_at <= second_at:
+                    continue
+                checked_at = _minus_ms(applied_at, _first_round_staleness(report, cid, second_at))
+                if checked_at is not None and checked_at < _parse(second_at):
+                    report.raced_sends += 1
+                    continue
+                out.append(f"stale: {key[2]} applied at {applied_at} after {second_at}")
         return out
+
+
+def _parse(wire: str) -> datetime:
+    return datetime.fromisoformat(wire.replace("Z", "+00:00"))
+
+
+def _minus_ms(wire: str, ms: float | None) -> datetime | None:
+    return None if ms is None else _parse(wire) - timedelta(milliseconds=ms)
+
+
+def _first_round_staleness(report: ChaosReport, cid: str, second_at: str) -> float | None:
+    """The logged re-check -> call ms of the conversation's ack of an earlier message."""
+    for situation, ms in report.ack_staleness.get(cid, []):
+        named = situation.rsplit(":in:", 1)[-1].split("#", 1)[0]
+        with contextlib.suppress(ValueError):
+            if datetime.fromisoformat(named) != _parse(second_at):
+                return ms
+    return None
 
 
 def _answers(key: tuple[str, ...], inbound_at: str) -> bool:
@@ -469,7 +503,7 @@ def verdict(expected: Expected, seen: Ledgerless, report: ChaosReport) -> None:
     missing = expected.missing(seen)
     report.lost = len(missing)
     report.details += [f"lost: {m}" for m in missing]
-    stale = expected.stale(seen)
+    stale = expected.stale(seen, report)
     report.stale_sends = len(stale)
     report.details += stale
     extra_acks = sum(max(0, seen.acks(cid) - n) for cid, n in expected.rounds.items())
@@ -619,7 +653,11 @@ class ChaosRun:
                 self.report.read_back_found += 1
             if '"firing_executed"' in line and '"staleness_ms"' in line:
                 with contextlib.suppress(ValueError, KeyError, TypeError):
-                    self.report.staleness_ms.append(float(json.loads(line)["staleness_ms"]))
+                    record = json.loads(line)
+                    self.report.staleness_ms.append(float(record["staleness_ms"]))
+                    if record.get("rule") == "chaos-ack":
+                        acks = self.report.ack_staleness.setdefault(str(record["conversation"]), [])
+                        acks.append((str(record["key"]), float(record["staleness_ms"])))
 
     # --- the driver: the customers
 

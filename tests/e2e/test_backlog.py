@@ -25,7 +25,8 @@ from worker.simulator.testing import SimulatorHandle
 from worker.state.ledger import REDRIVE_KEY, read_audit
 from worker.state.redis_conn import embedded_server
 
-BACKLOG = int(os.environ.get("BACKLOG_MESSAGES", "10000"))
+# The issue's 10,000 is `BACKLOG_MESSAGES=10000` (bench/RESULTS.md); the suite drains 2,000.
+BACKLOG = int(os.environ.get("BACKLOG_MESSAGES", "2000"))
 NOTE = """
 rules:
   - id: hello

@@ -30,7 +30,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from worker.logs import get_logger
 from worker.rules.book import RELOAD_INTERVAL_S
-from worker.scheduling.tick import Loop, TickStopped
+from worker.scheduling.tick import Loop
 from worker.state.lease import LeaderLease
 
 log = get_logger(__name__)
@@ -100,8 +100,6 @@ class SchedulerService:
                 self._running_since[name] = time.monotonic()
             try:
                 fn()
-            except TickStopped as stopped:
-                log.info("tick_interrupted", detail=str(stopped))
             except Exception as exc:  # a failing tick is logged and retried next period
                 log.error("job_failed", error=str(exc), error_type=type(exc).__name__)
             finally:

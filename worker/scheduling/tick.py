@@ -121,10 +121,13 @@ class Loop:
         """Incremental poll: what changed since the watermark, processed a page at a time."""
         state = self.watermark.load()
         report = TickReport("incremental")
-        for page in self.poller.changed(state, self.budget()):
-            _merge(report, self.process(page.conversations, "incremental"))
-            if not self.dry_run:  # the watermark keeps what is processed, page by page
-                self.watermark.advance(page.conversations, self._fencing_token(), page.limit)
+        try:
+            for page in self.poller.changed(state, self.budget()):
+                _merge(report, self.process(page.conversations, "incremental"))
+                if not self.dry_run:  # the watermark keeps what is processed, page by page
+                    self.watermark.advance(page.conversations, self._fencing_token(), page.limit)
+        except TickStopped as stopped:  # the page cut short stays before the watermark
+            log.info("tick_stopped", kind="incremental", mid_page=True, detail=str(stopped))
         POLLS.labels(kind="incremental").inc()
         if self.watermark.state.updated_at is not None:
             lag = (self.runtime.clock.now() - self.watermark.state.updated_at).total_seconds()
@@ -134,8 +137,11 @@ class Loop:
     def resync_once(self) -> TickReport:
         """Every open conversation: catches what the incremental poll missed, rebuilds timers."""
         total = TickReport("resync")
-        for page in self.poller.open_conversations(self.budget()):
-            _merge(total, self.process(page, "resync"))
+        try:
+            for page in self.poller.open_conversations(self.budget()):
+                _merge(total, self.process(page, "resync"))
+        except TickStopped as stopped:  # the next resync starts over
+            log.info("tick_stopped", kind="resync", mid_page=True, detail=str(stopped))
         POLLS.labels(kind="resync").inc()
         return total
 
@@ -152,10 +158,13 @@ class Loop:
         try:
             conversations = self._fetch({t.conversation_id for t in due})
             return self.process(conversations, "timers")
-        except Exception:
+        except Exception as exc:
             # Keep the timers: put them back so the next pump retries (the API may be down).
             timers.schedule_many((t.rule_id, t.conversation_id, t.due) for t in due)
-            raise
+            if not isinstance(exc, TickStopped):
+                raise
+            log.info("tick_stopped", kind="timers", mid_page=True, detail=str(exc))
+            return TickReport("timers")
 
     def redrive_once(self) -> int:
         """Re-enqueue claims that never completed (lost messages, dead schedulers)."""
