@@ -105,6 +105,9 @@ class ChaosConfig:
     racing: int = 6
     lease_ttl_s: float = 3.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    # What the customers ask and the rules do: "default" (assign, note, ack) or a scenario
+    # registered in SCENARIOS (tests/chaos/breadth.py: tag, reply with a PDF, close).
+    scenario: str = "default"
 
     @property
     def expected_firings(self) -> int:
@@ -294,7 +297,8 @@ class Cluster:
         self.sim_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.sim_port}"
         rules = config.workdir / "rules.yaml"
-        rules.write_text(RULES)
+        SCENARIOS[config.scenario].prepare(config.workdir)
+        rules.write_text(SCENARIOS[config.scenario].rules)
         env = worker_env(config, self.api_url, self.redis.url, rules)
         inboxpilot = [sys.executable, "-m", "worker"]
         self.sim = Proc(
@@ -512,6 +516,27 @@ def verdict(expected: Expected, seen: Ledgerless, report: ChaosReport) -> None:
     report.details += [f"unexpected: {line}" for line in seen.other]
 
 
+# --- scenarios: what the customers ask, what the rules do, and how the audit log is judged -------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    rules: str
+    seen: Callable[[Admin], Ledgerless]
+    expected: Callable[[], Expected]
+    verdict: Callable[[Expected, Ledgerless, ChaosReport], None]
+    answered: Callable[[Ledgerless, str], bool]  # the first situation is over: follow up
+    first_text: Callable[[int], str] = lambda n: f"help #{n}"
+    followup_text: Callable[[str], str] = lambda cid: f"more #{cid}"
+    prepare: Callable[[Path], None] = lambda workdir: None  # files the rules need
+    faults: dict[str, Any] = field(default_factory=dict)  # more FaultConfig for the whole run
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "default": Scenario(RULES, Ledgerless, Expected, verdict, lambda seen, cid: seen.acks(cid) >= 1),
+}
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 Event = tuple[float, str, Callable[[], None]]
@@ -523,8 +548,9 @@ class ChaosRun:
         self.rng = random.Random(config.seed)
         self.cluster = Cluster(config)
         self.admin = Admin(self.cluster.api_url)
-        self.seen = Ledgerless(self.admin)
-        self.expected = Expected()
+        self.scenario = SCENARIOS[config.scenario]
+        self.seen = self.scenario.seen(self.admin)
+        self.expected = self.scenario.expected()
         self.report = ChaosReport(expected=config.expected_firings)
         self._followups_left = min(config.followups, config.conversations)
         self._followed: set[str] = set()
@@ -539,6 +565,7 @@ class ChaosRun:
                 error_rate=self.config.error_rate,
                 commit_then_fail_rate=self.config.commit_then_fail_rate,
                 seed=self.config.seed,
+                **self.scenario.faults,
             )
             self._play(self._timeline(), started)
             self._calm()
@@ -547,7 +574,7 @@ class ChaosRun:
         finally:
             self.cluster.stop()
         self._scan_logs()
-        verdict(self.expected, self.seen, self.report)
+        self.scenario.verdict(self.expected, self.seen, self.report)
         return self.report
 
     # --- the timeline of the run
@@ -664,7 +691,7 @@ class ChaosRun:
     def _create(self) -> None:
         self._created += 1
         record = self.admin.post(
-            "conversations", {"channel": CHANNEL, "message_text": f"help #{self._created}"}
+            "conversations", {"channel": CHANNEL, "message_text": self.scenario.first_text(self._created)}
         )
         self.expected.rounds[str(record["id"])] = 1
         self._created_ids.append(str(record["id"]))
@@ -690,11 +717,13 @@ class ChaosRun:
         for cid in list(self.expected.rounds):
             if self._followups_left <= 0:
                 return
-            if cid in self._followed or self.seen.acks(cid) < 1:
+            if cid in self._followed or not self.scenario.answered(self.seen, cid):
                 continue
             self._followed.add(cid)
             self._followups_left -= 1
-            self.admin.post("inbound", {"conversation_id": int(cid), "message_text": f"more #{cid}"})
+            self.admin.post(
+                "inbound", {"conversation_id": int(cid), "message_text": self.scenario.followup_text(cid)}
+            )
             self.expected.rounds[cid] = 2
 
     # --- the faults

@@ -50,3 +50,20 @@ def test_exactly_once_under_chaos(tmp_path: Path) -> None:
     ):
         assert report.faults[kind] > 0, f"no {kind} injected: {report.summary()}"
     assert report.faults["api_commit_then_fail_503"] + report.faults["api_commit_then_fail_drop"] > 0
+
+
+def test_tag_reply_with_a_pdf_and_close_exactly_once_under_chaos(tmp_path: Path) -> None:
+    """Issue 16: the tag, the upload, the file record, the send and the close, each once per
+    situation, under the same faults (commit-then-fail on the upload and the send included)."""
+    import tests.chaos.breadth  # noqa: F401 (registers the scenario)
+
+    seed = int(os.environ.get("CHAOS_SEED", "0"))
+    report = run_chaos(ChaosConfig(workdir=tmp_path, seed=seed, scenario="breadth"))
+    print(f"\nchaos breadth seed={seed}\n{report.summary()}")
+    assert report.duplicates == 0, report.details
+    assert report.lost == 0, report.details
+    assert report.unexpected == 0, report.details
+    assert report.token_leaks == [], report.token_leaks[:3]
+    assert report.faults["sigkill_worker"] > 0 and report.faults["api_error"] > 0
+    for kind in ("upload", "file", "send", "tag"):  # each kind of write lost its answer at least once
+        assert report.faults[f"lost_answer_{kind}"] > 0, report.summary()

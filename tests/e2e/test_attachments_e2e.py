@@ -213,3 +213,36 @@ def test_the_documented_attachment_rule_loads(tmp_path: Path) -> None:
     assert result.errors == ()
     (rule,) = result.ruleset.rules
     assert [a.key for a in rule.then] == ["tag", "reply", "set_status"]
+
+
+CANNED = """
+rules:
+  - id: canned-prices
+    once: per_inbound_message
+    when: {status: open, message_text: price}
+    then:
+      - reply: {predefined: "Price list"}
+"""
+
+
+def test_a_canned_reply_with_a_file_sends_the_file_sync_uploaded(
+    simulator: SimulatorHandle, start: Start, files: Path
+) -> None:
+    shutil.copytree(ROOT / "rules" / "predefined", files / "predefined")
+    env = {
+        "INBOXPILOT_API_URL": simulator.url,
+        "INBOXPILOT_API_TOKEN": simulator.token,
+        "INBOXPILOT_RULES_PATH": str(files),
+    }
+    synced = CliRunner().invoke(app, ["predefined", "sync"], env=env)
+    assert synced.exit_code == 0, synced.output
+    assert len(_applied(simulator, "PUT", "/__uploads/")) == 1
+    running = start(CANNED)
+    ids = [simulator.sim.new_conversation(channel="webchat", text="price?")["id"] for _ in range(2)]
+    running.tick()
+    running.tick()
+    assert len(_applied(simulator, "PUT", "/__uploads/")) == 1  # the sync's upload, reused
+    assert _file_records(simulator) == Counter(ids)
+    for cid in ids:
+        (send,) = _sends(simulator, cid)
+        assert send.body["conversation_file_id"] and send.body["message_text"].endswith("price list.")

@@ -35,6 +35,20 @@ def test_commit_then_fail_503_applies(one: SimulatorHandle, client: httpx.Client
     assert (entry.applied, entry.fault, entry.status) == (True, "commit_then_fail_503", 503)
 
 
+def test_the_first_write_under_a_prefix_can_be_made_to_lose_its_answer(
+    one: SimulatorHandle, client: httpx.Client
+) -> None:
+    one.sim.set_faults(commit_then_fail_first=["/conversations/", "/__uploads/"], commit_then_fail_mode="503")
+    assert_feathers_error(client.patch(PATCH, json={"owner_id": 101}), 503, "Unavailable")
+    assert client.patch(PATCH, json={"owner_id": 102}).status_code == 200  # once per prefix only
+    signed = client.post("/s3-url-signing", json={"file_name": "a.pdf", "organization_id": 1}).json()
+    assert httpx.put(signed["url"], content=b"%PDF-").status_code == 503
+    assert one.sim.store.uploads[signed["s3_key"]] == 5  # stored all the same
+    assert httpx.put(signed["url"], content=b"%PDF-").status_code == 200
+    faulted = [(e.method, e.applied, e.fault) for e in one.sim.audit_log() if e.fault]
+    assert faulted == [("PATCH", True, "commit_then_fail_503"), ("PUT", True, "commit_then_fail_503")]
+
+
 def test_commit_then_fail_drop_is_a_transport_error(one: SimulatorHandle, client: httpx.Client) -> None:
     one.sim.set_faults(commit_then_fail_rate=1.0, commit_then_fail_mode="drop")
     with pytest.raises(httpx.TransportError):

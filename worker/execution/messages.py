@@ -12,7 +12,7 @@ from jinja2 import TemplateError
 
 from worker.api.errors import NotFound
 from worker.api.models import WINDOWED_CHANNELS, Conversation
-from worker.execution.attachments import attachment_for, upload_fields
+from worker.execution.attachments import Outgoing, attachment_for, upload_fields
 from worker.execution.policy import outcomes
 from worker.execution.recheck import (
     MAX_RECHECKS,
@@ -28,7 +28,6 @@ from worker.execution.runs import Run, StepError, finish, idempotency_key
 from worker.metrics import RECONCILIATIONS
 from worker.rules.actions import ACTIONS as ACTION_TYPES
 from worker.rules.actions import NoteAction, ReplyAction
-from worker.rules.attachments import AttachmentFile
 from worker.rules.context import utc
 from worker.rules.firing import Step, situation_start
 from worker.rules.templates import TemplateRenderError, render, uses_contact
@@ -50,7 +49,7 @@ class SendPlan:
     skip: str | None = None
     # Types an earlier attempt may have sent (the window can close between attempts).
     could_have_sent: frozenset[str] = frozenset()
-    attachment: AttachmentFile | None = None  # uploaded right before the send (attachments.py)
+    attachment: Outgoing | None = None  # uploaded right before the send (attachments.py)
 
 
 OutsideWindowFn = Callable[[ReplyAction, Conversation, str], SendPlan]

@@ -162,7 +162,7 @@ async def _pipeline(sim: Simulator, request: Request, raw: bytes, trace: _Trace)
         if key:
             sim.idempotency.put(scope, key, StoredResponse(status, body))
     if targeted and request.method in MUTATING:
-        _post_faults(sim, trace)
+        _post_faults(sim, trace, request.url.path)
         if trace.fault == "commit_then_fail_drop":
             return DroppedResponse(status_code=status)
     return JSONResponse(body, status)
@@ -185,8 +185,8 @@ async def _pre_faults(sim: Simulator, token: str, trace: _Trace) -> None:
         raise GeneralError("Injected fault: internal error, nothing was applied")
 
 
-def _post_faults(sim: Simulator, trace: _Trace) -> None:
-    kind = sim.faults.roll_commit_then_fail()
+def _post_faults(sim: Simulator, trace: _Trace, path: str) -> None:
+    kind = sim.faults.roll_commit_then_fail(path)
     if kind is None:
         return
     trace.fault = f"commit_then_fail_{kind}"
@@ -248,7 +248,7 @@ def _store_upload(sim: Simulator, request: Request, key: str, data: bytes, trace
     trace.outcome = "applied"
     if targeted:
         try:
-            _post_faults(sim, trace)
+            _post_faults(sim, trace, request.url.path)
         except FeathersError as exc:
             return error_response(exc)
         if trace.fault == "commit_then_fail_drop":
@@ -343,8 +343,9 @@ def _admin_get_faults(sim: Simulator, request: Request, body: dict[str, Any]) ->
 @admin("POST", "faults")
 def _admin_set_faults(sim: Simulator, request: Request, body: dict[str, Any]) -> Any:
     seed = body.pop("seed", None)
-    if "paths" in body:
-        body["paths"] = tuple(body["paths"])
+    for name in ("paths", "commit_then_fail_first"):
+        if name in body:
+            body[name] = tuple(body[name])
     sim.set_faults(FaultConfig(**body), seed=seed)
     return _admin_get_faults(sim, request, {})
 

@@ -32,6 +32,9 @@ class FaultConfig:
     rate_burst: int = 10
     latency_s: float = 0.0  # added to every targeted request (real sleep: this is the server)
     paths: tuple[str, ...] = field(default_factory=tuple)  # path prefixes; empty = every API path
+    # Path prefixes whose first write is always applied and answered with a fault (once each,
+    # whatever the rate): a chaos run that must include a lost answer on a rare call (an upload).
+    commit_then_fail_first: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         for name in ("error_rate", "commit_then_fail_rate"):
@@ -45,7 +48,11 @@ class FaultConfig:
             raise ValueError("commit_then_fail_mode must be 503, drop or mixed")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "paths": list(self.paths)}
+        return {
+            **asdict(self),
+            "paths": list(self.paths),
+            "commit_then_fail_first": list(self.commit_then_fail_first),
+        }
 
 
 class _Bucket:
@@ -64,6 +71,7 @@ class FaultInjector:
         self._rng = random.Random(seed)
         self._buckets: dict[str, _Bucket] = {}
         self._counts: Counter[str] = Counter()
+        self._forced: set[str] = set()  # commit_then_fail_first prefixes already hit
 
     def configure(
         self, config: FaultConfig | None = None, *, seed: int | None = None, **changes: Any
@@ -83,15 +91,23 @@ class FaultInjector:
     def roll_error(self) -> bool:
         return self._roll(self.config.error_rate, "error")
 
-    def roll_commit_then_fail(self) -> str | None:
+    def roll_commit_then_fail(self, path: str = "") -> str | None:
         """None, "503" or "drop"."""
-        if not self._roll(self.config.commit_then_fail_rate, None):
+        if not self._forced_first(path) and not self._roll(self.config.commit_then_fail_rate, None):
             return None
         mode = self.config.commit_then_fail_mode
         with self._lock:
             kind = mode if mode != "mixed" else self._rng.choice(("503", "drop"))
             self._counts[f"commit_then_fail_{kind}"] += 1
         return kind
+
+    def _forced_first(self, path: str) -> bool:
+        with self._lock:
+            for prefix in self.config.commit_then_fail_first:
+                if path.startswith(prefix) and prefix not in self._forced:
+                    self._forced.add(prefix)
+                    return True
+        return False
 
     def take_token(self, token: str) -> int | None:
         """None when allowed; else the Retry-After in whole seconds."""
@@ -127,6 +143,7 @@ class FaultInjector:
             self._rng = random.Random(seed)
             self._buckets.clear()
             self._counts.clear()
+            self._forced.clear()
 
     def _roll(self, rate: float, kind: str | None) -> bool:
         if rate <= 0:

@@ -282,8 +282,9 @@ class Simulator:
         self, config: FaultConfig | None = None, *, seed: int | None = None, **changes: Any
     ) -> None:
         """Replace or change the fault config, e.g. `set_faults(error_rate=0.2, seed=7)`."""
-        if "paths" in changes:
-            changes["paths"] = tuple(changes["paths"])
+        for name in ("paths", "commit_then_fail_first"):
+            if name in changes:
+                changes[name] = tuple(changes[name])
         self.faults.configure(config, seed=seed, **changes)
 
     def fault_counts(self) -> dict[str, int]:
