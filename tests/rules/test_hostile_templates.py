@@ -52,6 +52,7 @@ HOSTILE = {
     "endless recursion": "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
     "wide str.format": "{{ '{:999999999}'.format(1) }}",
     "wide percent": "{{ '%999999999s' % 1 }}",
+    "star width": "{{ '%*d' % (999999999, 1) }}",
     "wide format filter": "{{ '%999999999s'|format(1) }}",
     "wide center filter": "{{ 'a'|center(999999999) }}",
     "wide str method": "{{ 'a'.ljust(999999999) }}",

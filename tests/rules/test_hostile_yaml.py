@@ -7,14 +7,17 @@ from __future__ import annotations
 import os
 import re
 import textwrap
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from worker.api.models import Conversation, Message
 from worker.cli import app
-from worker.rules import load_texts
+from worker.rules import Snapshot, evaluate, load_texts
 from worker.rules.book import Rulebook
+from worker.rules.explain import format_explanation
 from worker.rules.loader import MAX_ALIAS_NODES, MAX_RULE_FILE_BYTES, load_rules
 
 GOOD = textwrap.dedent(
@@ -161,3 +164,23 @@ def test_control_characters_never_reach_the_terminal(tmp_path: Path) -> None:
 
     output = CliRunner().invoke(app, ["validate", str(path)]).output
     assert "\\u202e" in output and not RAW.search(output), output
+
+
+def test_explain_escapes_what_customers_and_rule_authors_wrote() -> None:
+    rules = GOOD.replace("{status: open}", '{message_text: [refund, "x\\u202e"]}')
+    rules = rules.replace("    when:", '    description: "Line one\\nline \\e[31mtwo"\n    when:')
+    ruleset = load_texts([("r.yaml", rules)]).ruleset
+    now = datetime(2026, 3, 4, 10, 0, tzinfo=UTC)
+    message = Message.model_validate(
+        {"_id": "m1", "conversation_id": 1, "direction": "inbound", "created_at": now - timedelta(minutes=1),
+         "message_text": "\x1b]0;pwned\x07\x1b[2J refund\u202e now"}
+    )  # fmt: skip
+    evaluation = evaluate(
+        ruleset, Snapshot(Conversation(id=1, channel="sms"), messages=[message]), now, explain=True
+    )
+
+    text = format_explanation(evaluation, "text")
+
+    assert "rule 'greet': MATCH" in text
+    assert "\\x1b]0;pwned" in text and "\\u202e" in text and not RAW.search(text), text
+    assert "  Line one\n  line \\x1b[31mtwo\n" in text  # a description keeps its lines

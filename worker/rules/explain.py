@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from worker.rules.context import iso
+from worker.rules.errors import printable
 from worker.rules.evaluator import Evaluation, RuleResult
 
 Format = Literal["text", "json"]
@@ -31,8 +32,7 @@ def _text(evaluation: Evaluation, before: Mapping[str, str]) -> str:
     for r in evaluation.results:
         lines.append("")
         lines.append(f"rule '{r.rule_id}': {_status(r, fired, before)}")
-        if r.description:
-            lines.append(f"  {r.description}")
+        lines.extend(f"  {line}" for line in (r.description or "").splitlines())
         for reason in r.reasons:
             depth = reason.path.count(".") + reason.path.count("[")
             mark = "yes" if reason.result else "no "
@@ -50,7 +50,8 @@ def _text(evaluation: Evaluation, before: Mapping[str, str]) -> str:
         lines.append(
             f"conflict over {c.slot}: '{c.winner}' ({c.winner_value}) beats '{c.loser}' ({c.loser_value})"
         )
-    return "\n".join(lines) + "\n"
+    # Customer text (values seen) and rule text reach a terminal: no escape sequence gets through.
+    return "\n".join(printable(line) for line in lines) + "\n"
 
 
 def to_dict(evaluation: Evaluation, before: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -50,6 +50,7 @@ _LOOP_GUARD = "_inboxpilot_loop_step"
 _SIZE_GUARD = "_inboxpilot_size_cap"
 # Filters whose integer arguments are a size (a width, a count of items).
 _SIZED_FILTERS = ("center", "indent", "wordwrap", "truncate", "batch", "slice")
+_SEQUENCES = (str, list, tuple)
 _PRINTF_SPEC = re.compile(r"%%|%[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
 
 
@@ -141,26 +142,36 @@ def _check_format_spec(fmt: str) -> None:
 
 
 def _check_binop(op: str, left: Any, right: Any) -> None:
-    if op == "**" and _int(left) and _int(right) and right > 0 and abs(left) > 1:
-        bits = abs(left).bit_length() * right
-    elif op == "*" and _int(left) and _int(right):
-        bits = abs(left).bit_length() + abs(right).bit_length()
-    elif op == "*" and (_int(left) or _int(right)):
-        count, seq = (left, right) if _int(left) else (right, left)
-        if isinstance(seq, str | list | tuple) and len(seq) * count > MAX_TEXT_CHARS:
-            raise TemplateLimitError(f"'{op}' would give more than {MAX_TEXT_CHARS} characters or items")
-        return
-    elif op == "+" and isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
-        if len(left) + len(right) > MAX_TEXT_CHARS:
-            raise TemplateLimitError(f"'+' would give more than {MAX_TEXT_CHARS} characters or items")
-        return
-    elif op == "%" and isinstance(left, str):
+    """Refuse an intercepted operation whose result would be too large, before it runs."""
+    if op == "%" and isinstance(left, str):
         _check_printf(left, right)
-        return
+    elif _int(left) and _int(right):
+        _check_int_result(op, left, right)
+    elif op in ("*", "+"):
+        _check_sequence_result(op, left, right)
+
+
+def _check_int_result(op: str, left: int, right: int) -> None:
+    if op == "**" and right > 0 and abs(left) > 1:
+        bits = abs(left).bit_length() * right
+    elif op == "*":
+        bits = abs(left).bit_length() + abs(right).bit_length()
     else:
         return
     if bits > MAX_INT_BITS:
         raise TemplateLimitError(f"'{op}' result is too large (numbers are limited to {MAX_INT_BITS} bits)")
+
+
+def _check_sequence_result(op: str, left: Any, right: Any) -> None:
+    if op == "*" and (_int(left) or _int(right)):
+        count, seq = (left, right) if _int(left) else (right, left)
+        size = len(seq) * count if isinstance(seq, _SEQUENCES) else 0
+    elif op == "+" and isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES):
+        size = len(left) + len(right)
+    else:
+        return
+    if size > MAX_TEXT_CHARS:
+        raise TemplateLimitError(f"'{op}' would give more than {MAX_TEXT_CHARS} characters or items")
 
 
 # --- the environment ---------------------------------------------------------------------
