@@ -35,6 +35,7 @@ from worker.rules.errors import RuleError, RulesInvalid
 from worker.rules.loading.aliases import MAX_ALIAS_NODES as MAX_ALIAS_NODES
 from worker.rules.loading.aliases import AliasLimitError, BudgetComposer
 from worker.rules.loading.documents import Doc, State, sections
+from worker.rules.loading.parser import check_pairs
 from worker.rules.loading.positions import to_plain
 from worker.rules.loading.report import Report
 from worker.rules.loading.sections import load_agents, load_calendars, load_pools, load_rule_list
@@ -98,6 +99,7 @@ def load_texts(sources: Sequence[tuple[str, str]], *, strict: bool = False) -> L
     load_pools(split, state)
     load_sla_policies(split, state)
     load_rule_list(split, state)
+    check_pairs(state)
     errors = tuple(state.errors)
     if strict and errors:
         raise RulesInvalid(errors)

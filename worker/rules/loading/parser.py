@@ -13,9 +13,11 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from worker.rules.actions import ACTIONS, Action
 from worker.rules.attachments import AttachmentError, resolve
 from worker.rules.conditions import CONDITIONS
+from worker.rules.errors import RuleError
 from worker.rules.loading.documents import State
 from worker.rules.loading.positions import Pos, child_pos, join, locate, to_plain
 from worker.rules.loading.report import Report, unknown
+from worker.rules.loops import conjuncts, pair_loops, self_loops
 from worker.rules.model import Rule as Rule
 from worker.rules.model import RuleHeader
 from worker.rules.nodes import AllNode, AnyNode, Leaf, Node, NotNode
@@ -137,15 +139,6 @@ class RuleParser:
         return action, here, vpos
 
 
-def conjuncts(node: Node) -> list[Leaf]:
-    """Leaves that must all hold for the rule to match (not those under any/not)."""
-    if isinstance(node, Leaf):
-        return [node]
-    if isinstance(node, AllNode) and not isinstance(node, AnyNode):
-        return [leaf for child in node.children for leaf in conjuncts(child)]
-    return []
-
-
 def check_loops(when: Node, actions: Sequence[tuple[Action, str, Pos]], report: Report) -> bool:
     ok = True
     for action, path, pos in actions:
@@ -190,7 +183,7 @@ def load_rule(raw: Any, index: int, pos: Pos, report: Report, state: State) -> R
         return None
     leaves = [leaf.cond for leaf in when.leaves()]
     actions = tuple(a for a, _, _ in then)
-    return Rule(
+    rule = Rule(
         header=header,
         when=when,
         then=actions,
@@ -200,3 +193,19 @@ def load_rule(raw: Any, index: int, pos: Pos, report: Report, state: State) -> R
         needs_messages=any(c.needs_messages for c in leaves),
         needs_contact=any(c.needs_contact for c in leaves) or any(a.needs_contact() for a in actions),
     )
+    problems = self_loops(rule, state.pools)
+    for problem in problems:
+        report.add(child_pos(raw, "then", pos), "then", problem)
+    return None if problems else rule
+
+
+def check_pairs(state: State) -> None:
+    """Rules that undo each other are load errors too (worker/rules/loops.py); both are dropped."""
+    loops = pair_loops(state.rules, state.pools)
+    for loop in loops:
+        rule = next(r for r in state.rules if r.id == loop.rule_id)
+        file, _, line = rule.source.rpartition(":")
+        at = int(line) if line.isdigit() else 1
+        state.errors.append(RuleError(file or rule.source, at, 1, rule.id, "then", loop.message))
+    bad = {loop.rule_id for loop in loops}
+    state.rules = [r for r in state.rules if r.id not in bad]
