@@ -97,6 +97,10 @@ def test_policies_compile_to_named_rules() -> None:
          "sla.yaml:4:5", "unknown key 'frist_response'"),
         ("  p:\n    first_response: 1h\n    tiers: [{at: 1, then: [{assign: {pool: nobody}}]}]\n",
          "sla.yaml:4:", "no pool named 'nobody'"),
+        # The API's status is only open/closed: a status pause can never be expressed.
+        ("  p:\n    first_response: 1h\n    pause: {stages: [13], statuses: [pending]}\n"
+         "    tiers: [{at: 1, then: [{note: x}]}]\n",
+         "sla.yaml:4:12", "'statuses' cannot pause an SLA clock"),
     ],
 )  # fmt: skip
 def test_policy_errors_are_located(text: str, where: str, message: str) -> None:

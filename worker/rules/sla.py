@@ -2,7 +2,7 @@
 
 A policy selects conversations (`applies_to`, any conditions), sets targets for
 up to three metrics, counts them in business time (`calendar`) or wall time, and
-names the stages/statuses that pause the clock. Each tier x metric compiles into
+names the stages that pause the clock. Each tier x metric compiles into
 an ordinary rule, ``sla-<policy>-<metric>-<percent>``, whose `when` is
 ``applies_to`` + ``sla: {policy, metric, elapsed_share}``: the evaluator, due
 timers, ledger, re-check and `explain` treat it like any other rule.
@@ -25,9 +25,8 @@ field ``inboxpilot_sla_pauses`` before evaluating; `update_pauses` is the one
 pure function both use. Without it (``explain``, a backtest) only the current
 pause is honoured, so a deadline can come early only by prior pause time the
 worker never saw. Limits: a pause that starts and ends between two polls is not
-seen; a pause by status starts when the worker first sees it (the record has no
-status timestamp); a pause ends at the new ``stage_entered_at`` (exact) or, for
-a status, at the time the worker sees it end.
+seen; a pause ends at the new ``stage_entered_at`` (exact) or when the worker sees
+it end. Pauses are by stage only: the API's status is only open or closed.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from worker.api.models import Conversation
 from worker.rules.calendars import Calendar, add_business_time, business_time_between
@@ -87,7 +86,17 @@ class PauseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     stages: list[int] = Field(default_factory=list, description="Pipeline stage ids that pause the clock")
-    statuses: list[str] = Field(default_factory=list, description="Statuses that pause the clock")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_status_pause(cls, data: Any) -> Any:
+        # The API's status is only open or closed: neither says "waiting on the customer".
+        if isinstance(data, dict) and "statuses" in data:
+            raise ValueError(
+                "'statuses' cannot pause an SLA clock: the API's status is only 'open' or 'closed'; "
+                "move waiting conversations to a stage and pause by stage (stages: [13])"
+            )
+        return data
 
 
 class TierConfig(BaseModel):
@@ -137,7 +146,6 @@ class SlaPolicy:
     targets: Mapping[Metric, timedelta]
     calendar: Calendar | None = None
     pause_stages: frozenset[int] = frozenset()
-    pause_statuses: frozenset[str] = frozenset()
     applies: Node | None = None
     at_risk: float = DEFAULT_AT_RISK
     description: str = ""
@@ -145,7 +153,7 @@ class SlaPolicy:
 
     @property
     def pauses(self) -> bool:
-        return bool(self.pause_stages or self.pause_statuses)
+        return bool(self.pause_stages)
 
     @cached_property
     def _applies_test(self) -> Callable[[EvalContext], bool] | None:
@@ -166,7 +174,7 @@ class SlaPolicy:
 
 
 def paused_now(policy: SlaPolicy, conv: Conversation) -> bool:
-    return conv.pipeline_stage_id in policy.pause_stages or conv.status in policy.pause_statuses
+    return conv.pipeline_stage_id in policy.pause_stages
 
 
 def update_pauses(

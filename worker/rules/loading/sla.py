@@ -82,7 +82,6 @@ def _compile(
         targets=config.targets(),
         calendar=state.calendars[config.calendar] if config.calendar else None,
         pause_stages=frozenset(config.pause.stages),
-        pause_statuses=frozenset(config.pause.statuses),
         applies=applies,
         at_risk=shares[0] if shares else DEFAULT_AT_RISK,
         description=config.description,
