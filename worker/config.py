@@ -119,6 +119,17 @@ class Settings(BaseSettings):
         le=86400,
         description="A claim not finished this long after its last attempt is re-enqueued by the ledger.",
     )
+    breaker_max_firings: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description="Loop breaker: more firings than this on one conversation within "
+        "breaker_window_s pauses automation on it.",
+    )
+    breaker_window_s: float = Field(default=600.0, ge=1, le=86400, description="Loop breaker: the window.")
+    breaker_pause_s: float = Field(
+        default=3600.0, ge=1, le=7 * 86400, description="Loop breaker: how long automation stays paused."
+    )
     lease_ttl_s: float = Field(
         default=10.0, ge=1, le=600, description="Scheduler leader lease; a standby takes over within it."
     )

@@ -79,6 +79,11 @@ RULES_LOAD_ERRORS = Gauge(
     "inboxpilot_rules_load_errors", "Errors in the last rules load (0 = clean)", registry=REGISTRY
 )
 IS_LEADER = Gauge("inboxpilot_is_leader", "1 when this scheduler holds the leader lease", registry=REGISTRY)
+BREAKER_TRIPS = Counter(
+    "inboxpilot_loop_breaker_trips_total",
+    "Conversations taken out of automation because rules changed them too often (a loop)",
+    registry=REGISTRY,
+)
 QUARANTINED = Gauge(
     "inboxpilot_quarantined_conversations",
     "Conversations set aside after their data broke a tick (retried later)",

@@ -12,9 +12,11 @@ import typer
 from worker.cli import app
 from worker.cli.common import rulebook_or_exit, settings_or_exit
 from worker.cli.progress import progress
-from worker.clock import SystemClock
+from worker.clock import FakeClock, SystemClock
+from worker.config import Settings
 from worker.rules.evaluator import Evaluation
 from worker.rules.firing import Step, item_key
+from worker.state.breaker import Breaker
 from worker.state.ledger import Ledger
 from worker.state.observed import Observations
 from worker.state.redis_conn import connect
@@ -76,10 +78,18 @@ def explain(
     evaluation = evaluate(rules.ruleset, snapshot, now, explain=True)
     history = _fired_before(shared, settings.ledger_ttl_s, evaluation) if shared is not None else []
     before = {e["rule"]: _fired_words(e) for e in history}
+    paused = _paused_until(shared, settings, conversation, now) if shared is not None else None
     if as_json:
         data = json.loads(format_explanation(evaluation, "json", before))
-        typer.echo(json.dumps({**data, "ledger": history}, indent=2))
+        breaker = {"paused_until": paused.isoformat() if paused else None}
+        typer.echo(json.dumps({**data, "ledger": history, "loop_breaker": breaker}, indent=2))
         return
+    if paused is not None:
+        typer.echo(
+            f"loop breaker: automation is paused on this conversation until {paused.isoformat()} "
+            f"(rules fired on it more than {settings.breaker_max_firings} times in "
+            f"{settings.breaker_window_s:g} s); no rule fires on it before then\n"
+        )
     typer.echo(format_explanation(evaluation, "text", before))
     typer.echo(f"history: inboxpilot firings -c {conversation}")
 
@@ -161,6 +171,20 @@ def _open_conversations(loop: Loop) -> list[Conversation]:
             opened.extend(page)
             advance(len(page))
     return opened
+
+
+def _paused_until(
+    shared: redis.Redis, settings: Settings, conversation: int, now: datetime
+) -> datetime | None:
+    """Until when the loop breaker keeps automation off this conversation (at `now`)."""
+    breaker = Breaker(
+        shared,
+        FakeClock(now),  # read-only: `now` is the time explain evaluates at
+        max_firings=settings.breaker_max_firings,
+        window_s=settings.breaker_window_s,
+        pause_s=settings.breaker_pause_s,
+    )
+    return breaker.paused([conversation]).get(conversation)
 
 
 def _fired_before(shared: redis.Redis, ttl_s: int, evaluation: Evaluation) -> list[dict[str, str]]:
