@@ -12,6 +12,9 @@ from worker.state.ledger import (
     AUDIT_STREAM,
     ENTRY_PREFIX,
     VERDICT_REDRIVES,
+    ClaimItem,
+    ClaimResult,
+    FiringClaim,
     Ledger,
     read_audit,
 )
@@ -246,3 +249,55 @@ def test_explicit_rule_and_conversation(redis_client: redis.Redis, clock: FakeCl
     assert ledger.count_for("route", 9) == 1
     entry = ledger.get("opaque-key")
     assert entry is not None and entry.rule_id == "route"
+
+
+def _firing(key: str, actions: int = 2, **caps: object) -> FiringClaim:
+    items = tuple(ClaimItem(f"{key}#{i}", {"i": i}) for i in range(actions))
+    return FiringClaim(key, items, **caps)  # type: ignore[arg-type]
+
+
+def test_a_firing_is_claimed_whole_and_counted_once(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock)
+    assert ledger.claim_firing(_firing("r:1:a", 3)) is ClaimResult.WON
+    assert ledger.count_for("r", 1) == 1
+    assert ledger.claim_firing(_firing("r:1:a", 3)) is ClaimResult.KNOWN
+    states = [ledger.get(f"r:1:a#{i}").state for i in range(3)]  # type: ignore[union-attr]
+    assert states == ["pending", "waiting", "waiting"]
+    assert ledger.pending_count() == 1  # only the first action is due (queued, re-driven if lost)
+
+
+def test_caps_are_checked_in_the_claim(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock)
+    per_conv = [ledger.claim_firing(_firing(f"r:1:s{i}", max_per_conversation=2)) for i in range(3)]
+    assert per_conv == [ClaimResult.WON, ClaimResult.WON, ClaimResult.CAPPED_CONVERSATION]
+    hourly = [ledger.claim_firing(_firing(f"h:{i}:c", max_per_hour=3)) for i in range(5)]
+    assert hourly.count(ClaimResult.WON) == 3 and hourly[3:] == [ClaimResult.CAPPED_HOUR] * 2
+    clock.advance(timedelta(hours=1, seconds=1))
+    assert ledger.claim_firing(_firing("h:9:c", max_per_hour=3)) is ClaimResult.WON
+
+
+def test_capacity_counts_assignments_in_flight(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock)
+
+    def assign(conv: int) -> ClaimResult:
+        item = ClaimItem(f"a:{conv}:c#0", {}, agent=7, capacity=2, base_load=1)
+        return ledger.claim_firing(FiringClaim(f"a:{conv}:c", (item,)))
+
+    assert [assign(1), assign(2)] == [ClaimResult.WON, ClaimResult.AT_CAPACITY]  # 1 open + 1 in flight
+    ledger.mark_failed("a:1:c#0", "400 BadRequest: no")  # never applied: the place is free again
+    assert assign(3) is ClaimResult.WON
+
+
+def test_the_next_action_waits_for_the_one_before(redis_client: redis.Redis, clock: FakeClock) -> None:
+    ledger = make(redis_client, clock)
+    ledger.claim_firing(_firing("r:1:a", 3))
+    assert ledger.begin_attempt("r:1:a#1") is None  # not before action 0 has an outcome
+    assert ledger.begin_attempt("r:1:a#0") == 1
+    done = ledger.finish_item("r:1:a#0", "done", {"result": "done"})
+    assert done.next_key == "r:1:a#1" and ledger.pending_count() == 1  # due for re-drive if not queued
+    ledger.begin_attempt("r:1:a#1")
+    skipped = ledger.finish_item("r:1:a#1", "done", {"result": "skipped", "reason": "moot: gone"})
+    assert skipped.next_key is None and skipped.skipped == ("r:1:a#2",)
+    last = ledger.get("r:1:a#2")
+    assert last is not None and last.state == "done" and last.outcome["result"] == "skipped"
+    assert "not run" in last.outcome["reason"] and ledger.pending_count() == 0

@@ -51,7 +51,7 @@ from worker.rules.context import utc
 from worker.rules.evaluator import InMemoryState, Match, Snapshot, evaluate
 from worker.rules.firing import Step
 from worker.rules.model import Rule, RuleSet
-from worker.scheduling.planning import PlanContext, plan
+from worker.scheduling.planning import PlanContext, all_steps, plan
 
 DEFAULT_LATENCY = timedelta(seconds=60)
 SLA_CONDITIONS = frozenset({"waiting_for_reply", "age"})
@@ -281,7 +281,7 @@ def _firing(
 def _planned(match: Match, conversation: Conversation) -> tuple[str, ...]:
     """The planner's steps for this firing (pool assignments are resolved only at run time)."""
     ctx = PlanContext({conversation.id: conversation})
-    steps = [_step_text(s) for s in plan([(conversation.id, match)], ctx)]
+    steps = [_step_text(s) for s in all_steps(plan([(conversation.id, match)], ctx))]
     steps.extend(f"deferred: {why}" for _item, why in ctx.deferred)
     return tuple(steps)
 

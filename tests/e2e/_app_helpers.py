@@ -66,7 +66,7 @@ def tick_and_drain(built: App, loop: Loop, threads: int = 2) -> TickReport:
     the ledger (each claimed key done or failed) is what ends the wait.
     """
     report = loop.poll_once()
-    keys = [item.key for step in report.steps for item in step.items]
+    keys = report.claimed  # every action of every firing claimed, not only the queued first ones
     worker = built.worker(threads, poll_timeout_ms=TEST_POLL_TIMEOUT_MS)
     worker.start()
     try:

@@ -15,9 +15,10 @@ from worker.rules.evaluator import Snapshot, evaluate
 from worker.rules.firing import Step
 from worker.rules.loader import load_texts
 from worker.runtime import Runtime
-from worker.scheduling.planning import PlanContext, plan
+from worker.scheduling.planning import PlanContext, all_steps, plan
 from worker.simulator.audit import AuditEntry
 from worker.simulator.testing import SimulatorHandle
+from worker.state.ledger import ClaimItem, ClaimResult, FiringClaim
 from worker.state.redis_conn import embedded_server
 
 
@@ -53,15 +54,14 @@ def plan_and_claim(runtime: Runtime, conversation_ids: Iterable[int]) -> list[St
         snapshot = Snapshot(conv, messages)
         evaluation = evaluate(ruleset, snapshot, runtime.clock.now())
         matches.extend((conv.id, match) for match in evaluation.matches)
-    steps = plan(matches, PlanContext(conversations))
-    for step in steps:
-        for item in step.items:
-            payload = step.single(item).to_dict()
-            claimed = runtime.ledger.claim(
-                item.key, payload, rule_id=item.rule_id, conversation_id=item.conversation_id
-            )
-            assert claimed, f"{item.key} was already claimed"
-    return steps
+    firings = plan(matches, PlanContext(conversations))
+    for firing in firings:
+        items = tuple(ClaimItem(s.items[0].key, s.to_dict()) for s in firing.steps)
+        claim = FiringClaim(firing.firing_key, items, rule_id=firing.rule_id)
+        result = runtime.ledger.claim_firing(claim)
+        assert result is ClaimResult.WON, f"{firing.firing_key}: {result.value}"
+    # Position by position, as the workers would run them: action k + 1 waits for action k.
+    return all_steps(firings)
 
 
 def posts(simulator: SimulatorHandle, path_prefix: str) -> list[AuditEntry]:

@@ -40,9 +40,13 @@ def make_runtime(simulator: SimulatorHandle, redis_url: str, tmp_path: Path) -> 
         fakeredis.FakeRedis(server=embedded_server()).flushall()
     built: list[Runtime] = []
 
-    def make(rules: str, *, transport: httpx.BaseTransport | None = None, **settings: object) -> Runtime:
-        rules_file = tmp_path / "rules.yaml"
-        rules_file.write_text(rules)
+    def make(
+        rules: str | Path, *, transport: httpx.BaseTransport | None = None, **settings: object
+    ) -> Runtime:
+        """A runtime on `rules`: YAML text, or a rule file or folder (a Path)."""
+        rules_file = rules if isinstance(rules, Path) else tmp_path / "rules.yaml"
+        if not isinstance(rules, Path):
+            rules_file.write_text(rules)
         options = simulator.worker_settings(redis_url, rules_path=rules_file, **settings)
         runtime = Runtime.build(options, clock=simulator.clock, transport=transport)
         built.append(runtime)

@@ -145,16 +145,19 @@ class Driver:
         busy = reports[0].conversations > 0 or any(r.steps for r in reports)
         result.polls_with_changes += reports[0].conversations > 0
         steps, self.collect.steps = self.collect.steps, []
-        for step in steps:
+        done = 0
+        while steps:  # a firing's next action is queued when the one before it is applied
+            step = steps.pop(0)
+            done += 1
             try:
-                execute(self.runtime, step)
+                execute(self.runtime, step, steps.append)
             except (
                 Exception
             ) as exc:  # recorded in the result (the test asserts none); the ledger re-drives it
                 result.execution_errors.append(f"{step.kind}: {type(exc).__name__}: {exc}"[:200])
-        result.steps += len(steps)
+        result.steps += done
         result.ticks += 1
-        return busy or bool(steps)
+        return busy or bool(done)
 
     def run(self, events: list[Event], start: datetime, end: datetime) -> RunResult:
         began = time.perf_counter()

@@ -34,4 +34,4 @@ class Inline(Collector):
     def enqueue(self, step: Step) -> None:
         super().enqueue(step)
         if not self.hold:
-            execute(self.runtime, step)
+            execute(self.runtime, step, self.enqueue)  # a firing's next action comes back here

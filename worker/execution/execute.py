@@ -36,7 +36,11 @@ Each step kind ("bulk", "message", "automation", "tags") is a registered executo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dramatiq.errors import Retry
+
+from worker.api.services import MAX_BULK_IDS
 
 # The built-in step kinds register themselves on import.
 from worker.execution import automations, bulk, messages, tags  # noqa: F401
@@ -44,36 +48,55 @@ from worker.execution.policy import outcomes, settings_lock_ttl_ms
 from worker.execution.registry import EXECUTORS
 from worker.execution.runs import Run, finish
 from worker.logs import get_logger
-from worker.rules.firing import Step
+from worker.rules.firing import Step, group_steps
 from worker.runtime import Runtime
 from worker.state.locks import ItemBusy, item_locks
 
 log = get_logger(__name__)
 
 
-def execute(runtime: Runtime, step: Step) -> None:
-    """Execute `step`: each item at most once, with its outcome recorded in the ledger."""
+Enqueue = Callable[[Step], None]
+
+
+def execute(runtime: Runtime, step: Step, enqueue: Enqueue | None = None) -> None:
+    """Execute `step`: each item at most once, with its outcome recorded in the ledger; then
+    queue the next action of each firing whose item was applied (grouped like the tick)."""
     try:
         with item_locks(
             runtime.redis, [item.key for item in step.items], settings_lock_ttl_ms(runtime.settings)
         ):
-            _execute_locked(runtime, step)
+            runs = _execute_locked(runtime, step)
     except ItemBusy as busy:
         log.info("firing_busy", key=busy.key, retry_ms=busy.retry_ms)
         raise Retry(str(busy), delay=busy.retry_ms) from None
+    next_keys = [run.next_key for run in runs if run.next_key is not None]
+    if next_keys and enqueue is not None:
+        queue_next(runtime, next_keys, enqueue)
 
 
-def _execute_locked(runtime: Runtime, step: Step) -> None:
+def queue_next(runtime: Runtime, keys: list[str], enqueue: Enqueue) -> None:
+    """Queue the firings' next actions. They are pending in the ledger already (due for
+    re-drive), so a failure here delays them by one re-drive period; it never loses them."""
+    try:
+        payloads = runtime.ledger.payloads(keys)
+        for step in group_steps((Step.from_dict(p) for p in payloads.values()), MAX_BULK_IDS):
+            enqueue(step)
+    except Exception as exc:  # the re-drive picks them up: log, do not fail the finished step
+        log.warning("next_actions_not_queued", keys=keys, error=f"{type(exc).__name__}: {exc}")
+
+
+def _execute_locked(runtime: Runtime, step: Step) -> list[Run]:
     runs = _begin(runtime, step)
     if not runs:
-        return
+        return runs
     run_executor = EXECUTORS.find(step.kind)
     if run_executor is None:
         for run in runs:
             finish(runtime, run, "failed", reason=f"unknown step kind {step.kind!r}")
-        return
+        return runs
     with outcomes(runtime, runs):
         run_executor(runtime, step, runs)
+    return runs
 
 
 def _begin(runtime: Runtime, step: Step) -> list[Run]:

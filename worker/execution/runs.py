@@ -38,6 +38,7 @@ class Run:
     retry_noted: bool = False
     # The delivery after the last re-drive: read back and re-check, then fail instead of acting.
     verdict: bool = False
+    next_key: str | None = None  # the firing's next action, pending once this one was applied
 
     @property
     def firing_key(self) -> str:
@@ -51,9 +52,20 @@ def finish(runtime: Runtime, run: Run, result: Result, **detail: Any) -> None:
     run.finished = True
     if result == "failed":
         reason = str(detail.get("reason", "failed"))[:MAX_REASON_CHARS]
-        runtime.ledger.mark_failed(run.item.key, reason)
+        finished = runtime.ledger.finish_item(run.item.key, "failed", {"reason": reason})
     else:
-        runtime.ledger.mark_done(run.item.key, {"result": result, **detail})
+        finished = runtime.ledger.finish_item(run.item.key, "done", {"result": result, **detail})
+    run.next_key = finished.next_key
+    if finished.skipped:
+        # The later actions of a firing whose action was not applied never run (rules/README.md).
+        log.info(
+            "firing_actions_skipped",
+            rule=run.item.rule_id,
+            conversation=run.item.conversation_id,
+            after=run.item.key,
+            skipped=list(finished.skipped),
+            outcome=result,
+        )
     FIRINGS.labels(rule=run.item.rule_id, outcome=result).inc()
     ACTIONS.labels(action=run.action, outcome=result).inc()
     _log_outcome(run, result, detail)

@@ -49,10 +49,18 @@ def _named(name: str, broker: dramatiq.Broker) -> Callable[..., None]:
     # dramatiq names actors after their function unless told; a distinct function
     # per actor keeps tracebacks and `repr` honest.
     def actor_fn(step: dict[str, Any], firing_keys: list[str] | None = None) -> None:
-        execute(runtime_of(broker), decode(step))
+        execute(runtime_of(broker), decode(step), lambda after: send_step(broker, after))
 
     actor_fn.__name__ = actor_fn.__qualname__ = name
     return actor_fn
+
+
+def send_step(broker: dramatiq.Broker, step: Step) -> None:
+    """Queue `step` on the actor of its kind declared on `broker`."""
+    name = ACTOR_NAMES.get(step.kind)
+    if name is None:
+        raise ValueError(f"no actor for step kind {step.kind!r}; expected one of {sorted(ACTOR_NAMES)}")
+    broker.get_actor(name).send(step.to_dict(), firing_keys=[item.key for item in step.items])
 
 
 @dataclass(frozen=True)

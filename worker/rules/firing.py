@@ -25,7 +25,7 @@ unit the ledger tracks. A **step** is one queued message: a bulk change over up 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, get_args
@@ -203,3 +203,21 @@ class Step:
     def single(self, item: Item) -> Step:
         """This step narrowed to one item (what the ledger stores for a re-drive)."""
         return Step(self.kind, (item,), self.bulk, self.action)
+
+
+def group_steps(steps: Iterable[Step], size: int) -> list[Step]:
+    """Single-item steps regrouped for the queue: one bulk step per change and up to `size`
+    items (the API's bulk limit), per-conversation steps as they are, first seen first."""
+    groups: dict[BulkChange, list[Item]] = {}
+    out: list[Step] = []
+    for step in steps:
+        if step.kind == "bulk" and step.bulk is not None:
+            groups.setdefault(step.bulk, []).extend(step.items)
+        else:
+            out.append(step)
+    for change, items in groups.items():
+        out.extend(
+            Step("bulk", tuple(items[start : start + size]), bulk=change)
+            for start in range(0, len(items), size)
+        )
+    return out

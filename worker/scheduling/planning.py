@@ -1,10 +1,14 @@
 """Planning: rule matches -> steps the actors execute, each carrying its ledger keys.
 
-The same bulk action (same API action and fields) for many conversations
-becomes one `/conversations-bulk-actions` call per 50 conversation ids; replies,
-notes and automation runs are one step per conversation. Each action of a match
-gets its own ledger key, `<firing key>#<action index>`, so a rule with several
-actions completes each exactly once even when one of them fails.
+A firing is an ordered list of actions on one conversation; each action gets its
+own ledger key, `<firing key>#<action index>`. Action k + 1 runs only once action k
+was applied (the ledger hands on, `worker/state/ledger.py`). The same bulk action
+(same API action and fields) at the same position for many conversations becomes
+one `/conversations-bulk-actions` call per 50 conversation ids; replies, notes and
+automation runs are one step per conversation.
+
+`plan` does no I/O: a pool's answer comes from the resolver, which works on what
+was read before planning (`worker/scheduling/router.py`).
 
 Turning an action type into a step is a registered function (`planner(key)`),
 so a new action type is one function here, not an edit to an `if` chain. Step
@@ -31,7 +35,7 @@ from worker.rules.actions import (
     UntagAction,
 )
 from worker.rules.evaluator import Match
-from worker.rules.firing import BulkChange, Item, Step, item_key
+from worker.rules.firing import BulkChange, Item, Step, group_steps, item_key
 from worker.rules.registry import Registry
 from worker.rules.routing import Choice, waiting_order
 
@@ -165,25 +169,59 @@ def action_data(action: Action) -> dict[str, Any]:
     return {"type": action.key, **action.model_dump(mode="json", exclude_none=True)}
 
 
-def plan(matches: Iterable[tuple[int, Match]], ctx: PlanContext) -> list[Step]:
-    """Turn (conversation id, match) pairs into steps; bulk changes grouped per 50 ids.
+@dataclass(frozen=True)
+class PlannedFiring:
+    """One firing as planned: one single-item step per action, in the rule's order."""
 
-    Matches are planned oldest waiting conversation first, so pools hand their
-    free places to those who waited longest."""
-    groups: dict[BulkChange, list[Item]] = {}
-    steps: list[Step] = []
+    rule_id: str
+    conversation_id: int
+    firing_key: str
+    steps: tuple[Step, ...]
+    pools: tuple[str | None, ...]  # the pool each action asked, for assignments from a pool
+
+
+def plan(matches: Iterable[tuple[int, Match]], ctx: PlanContext) -> list[PlannedFiring]:
+    """Turn (conversation id, match) pairs into firings, oldest waiting conversation first
+    (pools hand their free places to those who waited longest).
+
+    A firing one of whose actions must wait (nobody available) is not planned at all:
+    its later actions must never run without it (`ctx.deferred` says why)."""
+    firings: list[PlannedFiring] = []
     ordered = sorted(matches, key=lambda pair: waiting_order(ctx.conversations.get(pair[0])))
     for conversation_id, match in ordered:
+        steps: list[Step] = []
         for index, action in enumerate(match.actions):
             item = Item(item_key(match.firing_key, index), match.rule_id, conversation_id)
             planned = PLANNERS.get(action.key)(action, item, ctx)
-            if isinstance(planned, BulkChange):
-                groups.setdefault(planned, []).append(item)
-            elif isinstance(planned, Step):
-                steps.append(planned)
-    for change, items in groups.items():
-        steps.extend(Step("bulk", tuple(chunk), bulk=change) for chunk in chunks(items, MAX_BULK_IDS))
-    return merge(steps)
+            if planned is None:
+                break
+            steps.append(Step("bulk", (item,), bulk=planned) if isinstance(planned, BulkChange) else planned)
+        if len(steps) == len(match.actions):
+            pools = tuple(a.pool if isinstance(a, AssignAction) else None for a in match.actions)
+            firings.append(
+                PlannedFiring(match.rule_id, conversation_id, match.firing_key, tuple(steps), pools)
+            )
+    return firings
+
+
+def pools_asked(matches: Iterable[Match]) -> set[str]:
+    """The pools the matches' assignments ask (what routing must read before planning)."""
+    return {a.pool for m in matches for a in m.actions if isinstance(a, AssignAction) and a.pool}
+
+
+def first_steps(firings: Iterable[PlannedFiring]) -> list[Step]:
+    """What a tick queues: each firing's first action, bulk changes grouped per 50 ids."""
+    return merge(group_steps((f.steps[0] for f in firings if f.steps), MAX_BULK_IDS))
+
+
+def all_steps(firings: Sequence[PlannedFiring]) -> list[Step]:
+    """Every action, position by position (what a dry run shows): position k of every
+    firing, grouped, before position k + 1."""
+    depth = max((len(f.steps) for f in firings), default=0)
+    out: list[Step] = []
+    for k in range(depth):
+        out.extend(merge(group_steps((f.steps[k] for f in firings if len(f.steps) > k), MAX_BULK_IDS)))
+    return out
 
 
 def chunks(items: Sequence[Item], size: int) -> Iterable[Sequence[Item]]:

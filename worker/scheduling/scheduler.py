@@ -77,7 +77,7 @@ class SchedulerService:
         self._every("timers", settings.timer_pump_interval_s, self.loop.pump_once)
         self._every("resync", settings.resync_interval_s, self.loop.resync_once)
         self._every("redrive", HOUSEKEEPING_INTERVAL_S, self.loop.redrive_once)
-        self._every("rules", RELOAD_INTERVAL_S, self.loop.runtime.rulebook.reload, gated=False)
+        self._every("rules", RELOAD_INTERVAL_S, self.loop.reload_rules, gated=False)
 
     def _every(self, name: str, seconds: float, fn: Callable[[], Any], *, gated: bool = True) -> None:
         self._scheduler.add_job(

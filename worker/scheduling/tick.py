@@ -32,12 +32,20 @@ from worker.metrics import (
 from worker.rules.evaluator import Evaluation, Match, evaluate
 from worker.rules.firing import Step, item_key
 from worker.runtime import Runtime
-from worker.scheduling.planning import PlanContext, PoolResolver, plan
+from worker.scheduling.planning import (
+    PlanContext,
+    PlannedFiring,
+    all_steps,
+    first_steps,
+    plan,
+    pools_asked,
+)
 from worker.scheduling.poller import Budget, Poller
-from worker.scheduling.router import PreviewResolver, Router
+from worker.scheduling.router import CLOCK_SKEW_S, Chooser, Router
 from worker.scheduling.snapshots import read_snapshots
 from worker.state.api_pause import SharedPause
-from worker.state.ledger import Ledger
+from worker.state.breaker import Breaker
+from worker.state.ledger import ClaimItem, ClaimResult, FiringClaim, Ledger
 from worker.state.quarantine import Quarantine, is_poison
 from worker.state.sla_pauses import SlaPauses
 from worker.state.unread import READ_RETRY_RULE, Unread
@@ -64,6 +72,7 @@ class TickReport:
     matches: int = 0
     steps: list[Step] = field(default_factory=list)
     dedupes: int = 0
+    claimed: list[str] = field(default_factory=list)  # item keys of every firing claimed (all actions)
     deferred: list[str] = field(default_factory=list)
     evaluations: list[Evaluation] = field(default_factory=list)
 
@@ -109,6 +118,8 @@ class Loop:
         self.api_pause = SharedPause(runtime.redis, runtime.clock)
         # Called after each conversation's snapshot is read (`inboxpilot plan` draws progress).
         self.on_read: Callable[[], None] | None = None
+        self.breaker = breaker_for(runtime)
+        self.resync_requested = False  # set by a rule reload that changed the rules
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -117,8 +128,26 @@ class Loop:
         settings = self.runtime.settings
         return Budget(settings.poll_max_pages, settings.poll_max_tick_s, self.stop)
 
+    def reload_rules(self) -> bool:
+        """Re-read the rule files; when they changed, the next poll re-evaluates every open
+        conversation (a new rule or a roster change acts within one poll interval, not at
+        the next full resync). Several reloads before that poll cost one pass."""
+        changed = self.runtime.rulebook.reload()
+        if changed:
+            self.resync_requested = True
+        return changed
+
     def poll_once(self) -> TickReport:
-        """Incremental poll: what changed since the watermark, processed a page at a time."""
+        """Incremental poll: what changed since the watermark (after a rule change: every open
+        conversation too, once), processed a page at a time."""
+        if self.resync_requested:
+            self.resync_requested = False
+            try:
+                self.resync_once()
+            except Exception:
+                self.resync_requested = True  # the API may be down: the next poll tries again
+                raise
+            log.info("rules_change_resync_done")
         state = self.watermark.load()
         report = TickReport("incremental")
         try:
@@ -219,6 +248,7 @@ class Loop:
         report.matches = len(pairs)
         for _, match in pairs:
             RULE_MATCHES.labels(rule=match.rule_id).inc()
+        pairs = self._not_paused(pairs, report)
         self._plan_and_dispatch(self._unclaimed(pairs), conversations, report)
         return report
 
@@ -256,51 +286,96 @@ class Loop:
             return
         self.quarantine.add(conversation_id, reason)
 
+    def _not_paused(self, pairs: list[tuple[int, Match]], report: TickReport) -> list[tuple[int, Match]]:
+        """Matches on conversations the loop breaker has not taken out of automation."""
+        paused = self.breaker.paused({c for c, _ in pairs})
+        for conversation_id, until in paused.items():
+            report.deferred.append(
+                f"conversation {conversation_id}: loop breaker, paused until {until.isoformat()}"
+            )
+        return [(c, m) for c, m in pairs if c not in paused]
+
     def _unclaimed(self, pairs: list[tuple[int, Match]]) -> list[tuple[int, Match]]:
-        """Matches with at least one action not yet in the ledger (skips known firings cheaply)."""
-        keys = [item_key(m.firing_key, i) for _, m in pairs for i in range(len(m.actions))]
-        known = self.runtime.ledger.known(keys)
-        return [
-            (c, m)
-            for c, m in pairs
-            if any(item_key(m.firing_key, i) not in known for i in range(len(m.actions)))
-        ]
+        """Matches whose firing is not yet in the ledger (a firing is claimed whole)."""
+        known = self.runtime.ledger.known([item_key(m.firing_key, 0) for _, m in pairs])
+        return [(c, m) for c, m in pairs if item_key(m.firing_key, 0) not in known]
 
     def _plan_and_dispatch(
         self, pairs: list[tuple[int, Match]], conversations: Sequence[Conversation], report: TickReport
     ) -> None:
-        self.router.begin_tick()
-        resolver: PoolResolver = PreviewResolver(self.router) if self.dry_run else self.router
-        ctx = PlanContext({c.id: c for c in conversations}, resolver)
-        for step in plan(pairs, ctx):
-            claimed = step if self.dry_run else self._claim(step)
-            if claimed is None:
-                report.dedupes += len(step.items)
-                continue
-            report.dedupes += len(step.items) - len(claimed.items)
-            report.steps.append(claimed)
-            self.dispatcher.enqueue(claimed)
-        if not self.dry_run:  # deferred assignments retry on a due-timer (worker/scheduling/router.py)
-            deferred = [(item.rule_id, item.conversation_id) for item, _ in ctx.deferred]
-            self.router.end_tick(deferred, [e.conversation_id for e in report.evaluations])
+        # Read what routing needs first, plan without I/O, then claim and write back.
+        chooser = self.router.chooser(pools_asked(m for _, m in pairs))
+        ctx = PlanContext({c.id: c for c in conversations}, chooser)
+        firings = plan(pairs, ctx)
+        deferred = [(item.rule_id, item.conversation_id) for item, _ in ctx.deferred]
         report.deferred.extend(f"{item.key}: {why}" for item, why in ctx.deferred)
+        if self.dry_run:
+            report.steps.extend(all_steps(firings))
+            report.claimed.extend(s.items[0].key for f in firings for s in f.steps)
+            return
+        won: list[PlannedFiring] = []
+        for firing in firings:
+            result = self._claim(firing, chooser, report)
+            if result is ClaimResult.WON:
+                won.append(firing)
+            elif result is ClaimResult.AT_CAPACITY:
+                self._defer_at_capacity(firing, chooser, ctx)
+                deferred.append((firing.rule_id, firing.conversation_id))
+        for step in first_steps(won):
+            report.steps.append(step)
+            self.dispatcher.enqueue(step)
+        # deferred assignments retry on a due-timer (worker/scheduling/router.py)
+        self.router.apply(chooser, deferred, [e.conversation_id for e in report.evaluations])
 
-    def _claim(self, step: Step) -> Step | None:
-        ledger = self.runtime.ledger
-        won = tuple(
-            item
-            for item in step.items
-            if ledger.claim(
-                item.key,
-                step.single(item).to_dict(),
-                owner=self.owner,
-                rule_id=item.rule_id,
-                conversation_id=item.conversation_id,
-            )
+    def _claim(self, firing: PlannedFiring, chooser: Chooser, report: TickReport) -> ClaimResult:
+        """Claim the whole firing; caps and capacity are checked atomically in the same script."""
+        ruleset = self.runtime.rulebook.ruleset
+        rule = ruleset.get(firing.rule_id)
+        items = tuple(
+            self._claim_item(step, pool, chooser)
+            for step, pool in zip(firing.steps, firing.pools, strict=True)
         )
-        if not won:
-            return None
-        return Step(step.kind, won, step.bulk, step.action)
+        claim = FiringClaim(
+            firing.firing_key,
+            items,
+            owner=self.owner,
+            rule_id=firing.rule_id,
+            conversation_id=str(firing.conversation_id),
+            max_per_conversation=rule.header.max_per_conversation if rule else None,
+            max_per_hour=rule.header.max_per_hour if rule else None,
+            load_since=chooser.view.read_at - timedelta(seconds=CLOCK_SKEW_S),
+        )
+        result = self.runtime.ledger.claim_firing(claim)
+        if result is ClaimResult.WON:
+            report.claimed.extend(item.key for item in claim.items)
+            self.breaker.record(firing.conversation_id, firing.firing_key, firing.rule_id)
+        elif result is ClaimResult.KNOWN:
+            report.dedupes += len(firing.steps)
+        else:
+            report.deferred.append(f"{firing.firing_key}: {result.value}")
+        return result
+
+    def _claim_item(self, step: Step, pool: str | None, chooser: Chooser) -> ClaimItem:
+        """An action to claim; an assignment names its agent (their in-flight load), and one
+        from a pool also their capacity, which the claim must not exceed."""
+        item = step.items[0]
+        change = step.bulk
+        if change is None or change.action != "assign":
+            return ClaimItem(item.key, step.to_dict())
+        agent = int(change.as_fields()["owner_id"])
+        config = self.runtime.rulebook.ruleset.roster.agents.get(agent)
+        capacity = config.capacity if config is not None and pool is not None else None
+        base = chooser.view.api_loads.get(agent, 0)
+        return ClaimItem(item.key, step.to_dict(), agent=agent, capacity=capacity, base_load=base)
+
+    def _defer_at_capacity(self, firing: PlannedFiring, chooser: Chooser, ctx: PlanContext) -> None:
+        """The claim found the agent full (another tick or replica filled them): wait like any
+        deferral."""
+        pools = self.runtime.rulebook.ruleset.pools
+        name = next((p for p in firing.pools if p is not None and p in pools), None)
+        conversation = ctx.conversations.get(firing.conversation_id)
+        if name is not None and conversation is not None:
+            chooser.defer(pools[name], conversation, at_once=False)
 
     def _fetch(self, ids: Iterable[int]) -> list[Conversation]:
         """Conversations by id, 50 per request."""
@@ -318,11 +393,23 @@ class Loop:
         return self.fencing_token() if callable(self.fencing_token) else self.fencing_token
 
 
+def breaker_for(runtime: Runtime) -> Breaker:
+    settings = runtime.settings
+    return Breaker(
+        runtime.redis,
+        runtime.clock,
+        max_firings=settings.breaker_max_firings,
+        window_s=settings.breaker_window_s,
+        pause_s=settings.breaker_pause_s,
+    )
+
+
 def _merge(total: TickReport, part: TickReport) -> None:
     total.conversations += part.conversations
     total.matches += part.matches
     total.steps.extend(part.steps)
     total.dedupes += part.dedupes
+    total.claimed.extend(part.claimed)
     total.deferred.extend(part.deferred)
     total.evaluations.extend(part.evaluations)
 

@@ -37,8 +37,10 @@ half-written claim.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from enum import Enum
 from typing import Any, Literal
 
 import redis
@@ -46,7 +48,7 @@ import redis
 from worker.clock import Clock, from_epoch, to_epoch
 from worker.logs import get_logger
 from worker.metrics import LEDGER_DEDUPES
-from worker.rules.firing import split_firing_key
+from worker.rules.firing import firing_of, split_firing_key
 
 PREFIX = "inboxpilot:"
 ENTRY_PREFIX = f"{PREFIX}ledger:"
@@ -54,6 +56,8 @@ REDRIVE_KEY = f"{PREFIX}ledger:redrive"
 COUNT_PREFIX = f"{PREFIX}ledger:count:"
 HOURLY_PREFIX = f"{PREFIX}ledger:hourly:"
 AUDIT_STREAM = f"{PREFIX}audit"
+# An agent's assignments claimed and not yet applied (owned by worker/state/routing.py).
+INFLIGHT_PREFIX = f"{PREFIX}routing:inflight:"
 
 AUDIT_MAXLEN = 100_000
 HOUR_S = 3600
@@ -67,7 +71,8 @@ DEFAULT_MAX_REDRIVES = 5
 # Re-drives of the final "read back, then fail" delivery before failing without one.
 VERDICT_REDRIVES = 3
 
-State = Literal["pending", "done", "failed"]
+# "waiting": a later action of a firing, until the action before it is applied.
+State = Literal["waiting", "pending", "done", "failed"]
 log = get_logger(__name__)
 
 
@@ -89,20 +94,151 @@ class LedgerEntry:
     outcome: dict[str, Any] = field(default_factory=dict)
 
 
-_CLAIM = """
--- KEYS: entry, redrive, count, hourly
--- ARGV: key, payload, now, redrive_at, ttl, owner, rule_id, conv_id, hour_cutoff
-if redis.call('exists', KEYS[1]) == 1 then return 0 end
-redis.call('hset', KEYS[1], 'state', 'pending', 'attempts', 0, 'claimed_at', ARGV[3],
-  'updated_at', ARGV[3], 'payload', ARGV[2], 'owner', ARGV[6], 'rule_id', ARGV[7],
-  'conversation_id', ARGV[8], 'redrives', 0)
-redis.call('expire', KEYS[1], ARGV[5])
-redis.call('zadd', KEYS[2], ARGV[4], ARGV[1])
-redis.call('incr', KEYS[3])
-redis.call('expire', KEYS[3], ARGV[5])
-redis.call('zadd', KEYS[4], ARGV[3], ARGV[1])
-redis.call('zremrangebyscore', KEYS[4], '-inf', '(' .. ARGV[9])
-redis.call('expire', KEYS[4], 3600)
+class ClaimResult(Enum):
+    WON = "won"
+    KNOWN = "already claimed"
+    CAPPED_CONVERSATION = "max_per_conversation reached"
+    CAPPED_HOUR = "max_per_hour reached"
+    AT_CAPACITY = "the agent is at capacity"
+
+
+CLAIM_CODES = {
+    1: ClaimResult.WON,
+    0: ClaimResult.KNOWN,
+    -1: ClaimResult.CAPPED_CONVERSATION,
+    -2: ClaimResult.CAPPED_HOUR,
+    -3: ClaimResult.AT_CAPACITY,
+}
+
+
+@dataclass(frozen=True)
+class ClaimItem:
+    """One action of a firing to claim: its item key, its step, and the agent it assigns
+    (with that agent's capacity and open load read from the API) when it is an assignment."""
+
+    key: str
+    payload: dict[str, Any]
+    agent: int | None = None
+    capacity: int | None = None
+    base_load: int = 0
+
+    def lua_args(self) -> list[Any]:
+        return [
+            self.key,
+            json.dumps(self.payload, separators=(",", ":"), default=str),
+            "" if self.agent is None else str(self.agent),
+            "" if self.capacity is None else str(self.capacity),
+            self.base_load,
+        ]
+
+
+@dataclass(frozen=True)
+class FiringClaim:
+    """A firing's actions, in order, and the caps its claim must respect."""
+
+    key: str
+    items: Sequence[ClaimItem]
+    owner: str = ""
+    rule_id: str | None = None
+    conversation_id: str | None = None
+    max_per_conversation: int | None = None
+    max_per_hour: int | None = None
+    # When the agents' base loads were read: assignments applied since count as in flight.
+    load_since: datetime | None = None
+
+    def rule_and_conversation(self) -> tuple[str, str]:
+        rule, conv = split_firing_key(self.key)
+        return (self.rule_id or rule, self.conversation_id or conv)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What finishing an item did: whether it was pending, the next action now pending, and
+    the later actions ended as skipped."""
+
+    changed: bool
+    next_key: str | None = None
+    skipped: tuple[str, ...] = ()
+
+
+_CHAIN_LUA = """
+local function settle_agent(entry, key, applied, now, inflight_prefix)
+  local agent = redis.call('hget', entry, 'agent')
+  if agent then
+    if applied then redis.call('zadd', inflight_prefix .. agent, now, key)
+    else redis.call('zrem', inflight_prefix .. agent, key) end
+  end
+end
+local function cascade(entry, prefix, inflight_prefix, now, ttl, outcome, audit, maxlen)
+  local out = {}
+  local nxt = redis.call('hget', entry, 'next')
+  while nxt do
+    local e = prefix .. nxt
+    if redis.call('hget', e, 'state') ~= 'waiting' then break end
+    redis.call('hset', e, 'state', 'done', 'updated_at', now, 'outcome', outcome)
+    redis.call('expire', e, ttl)
+    settle_agent(e, nxt, false, now, inflight_prefix)
+    local f = redis.call('hmget', e, 'rule_id', 'conversation_id')
+    redis.call('xadd', audit, 'MAXLEN', '~', maxlen, '*', 'key', nxt, 'state', 'done',
+      'rule_id', f[1] or '', 'conversation_id', f[2] or '', 'attempts', '0', 'outcome', outcome, 'at', now)
+    table.insert(out, nxt)
+    nxt = redis.call('hget', e, 'next')
+  end
+  return out
+end
+"""
+
+# A pending assignment's score in an agent's in-flight set: above every "done at" epoch.
+PENDING_SCORE = "1e15"
+ITEM_ARGS = 5  # per item: key, payload, agent, capacity, base load
+
+_CLAIM_FIRING = f"""
+-- KEYS: redrive, count, hourly
+-- ARGV: firing, now, redrive_at, ttl, owner, rule, conv, hour_cutoff, max_conv, max_hour,
+--       entry_prefix, inflight_prefix, load_since, n, then {ITEM_ARGS} per item:
+--       key, payload, agent ('' = none), capacity ('' = none), base load
+-- Returns 1 won, 0 already claimed, -1 max_per_conversation, -2 max_per_hour, -3 at capacity.
+local n, base, W = tonumber(ARGV[14]), 14, {ITEM_ARGS}
+local function arg(i, j) return ARGV[base + i * W + j] end
+for i = 0, n - 1 do
+  if redis.call('exists', ARGV[11] .. arg(i, 1)) == 1 then return 0 end
+end
+local max_conv = tonumber(ARGV[9])
+if max_conv > 0 and tonumber(redis.call('get', KEYS[2]) or '0') >= max_conv then return -1 end
+redis.call('zremrangebyscore', KEYS[3], '-inf', '(' .. ARGV[8])
+local max_hour = tonumber(ARGV[10])
+if max_hour > 0 and redis.call('zcard', KEYS[3]) >= max_hour then return -2 end
+for i = 0, n - 1 do
+  local agent, cap = arg(i, 3), arg(i, 4)
+  if agent ~= '' then
+    local inflight = ARGV[12] .. agent
+    redis.call('zremrangebyscore', inflight, '-inf', '(' .. (tonumber(ARGV[2]) - 600))
+    if cap ~= '' then
+      local load = tonumber(arg(i, 5)) + redis.call('zcount', inflight, ARGV[13], '+inf')
+      if load >= tonumber(cap) then return -3 end
+    end
+  end
+end
+for i = 0, n - 1 do
+  local key = arg(i, 1)
+  local entry = ARGV[11] .. key
+  local state = 'waiting'
+  if i == 0 then state = 'pending' end
+  redis.call('hset', entry, 'state', state, 'attempts', 0, 'claimed_at', ARGV[2],
+    'updated_at', ARGV[2], 'payload', arg(i, 2), 'owner', ARGV[5], 'rule_id', ARGV[6],
+    'conversation_id', ARGV[7], 'redrives', 0)
+  if i + 1 < n then redis.call('hset', entry, 'next', arg(i + 1, 1)) end
+  if arg(i, 3) ~= '' then
+    redis.call('hset', entry, 'agent', arg(i, 3))
+    redis.call('zadd', ARGV[12] .. arg(i, 3), {PENDING_SCORE}, key)
+  end
+  redis.call('expire', entry, ARGV[4])
+end
+redis.call('zadd', KEYS[1], ARGV[3], arg(0, 1))
+redis.call('incr', KEYS[2])
+redis.call('expire', KEYS[2], ARGV[4])
+redis.call('zadd', KEYS[3], ARGV[2], ARGV[1])
+redis.call('expire', KEYS[3], 3600)
 return 1
 """
 
@@ -116,10 +252,14 @@ redis.call('zadd', KEYS[2], ARGV[3], ARGV[1])
 return {n, tonumber(redis.call('hget', KEYS[1], 'verdict') or '0')}
 """
 
-_FINISH = """
+_FINISH = (
+    _CHAIN_LUA
+    + """
 -- KEYS: entry, redrive, audit
--- ARGV: key, state, now, ttl, field, value, maxlen
-if redis.call('hget', KEYS[1], 'state') ~= 'pending' then return 0 end
+-- ARGV: key, state, now, ttl, field, value, maxlen, advance ('1': the action was applied),
+--       entry_prefix, inflight_prefix, redrive_at, outcome of the later actions when not advancing
+-- Returns {0} when the item was not pending, else {1, next key queued or '', skipped keys...}.
+if redis.call('hget', KEYS[1], 'state') ~= 'pending' then return {0} end
 redis.call('hset', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3], ARGV[5], ARGV[6])
 redis.call('expire', KEYS[1], ARGV[4])
 redis.call('zrem', KEYS[2], ARGV[1])
@@ -127,12 +267,33 @@ local e = redis.call('hmget', KEYS[1], 'rule_id', 'conversation_id', 'attempts')
 redis.call('xadd', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'key', ARGV[1], 'state', ARGV[2],
   'rule_id', e[1] or '', 'conversation_id', e[2] or '', 'attempts', e[3] or '0',
   ARGV[5], ARGV[6], 'at', ARGV[3])
-return 1
+local applied = ARGV[8] == '1'
+settle_agent(KEYS[1], ARGV[1], applied, ARGV[3], ARGV[10])
+if applied then
+  local nxt = redis.call('hget', KEYS[1], 'next')
+  if nxt and redis.call('hget', ARGV[9] .. nxt, 'state') == 'waiting' then
+    -- In the re-drive set in the same script: a worker killed before it queues the next
+    -- action cannot lose it.
+    redis.call('hset', ARGV[9] .. nxt, 'state', 'pending', 'updated_at', ARGV[3])
+    redis.call('zadd', KEYS[2], ARGV[11], nxt)
+    return {1, nxt}
+  end
+  return {1, ''}
+end
+local out = {1, ''}
+for _, k in ipairs(cascade(KEYS[1], ARGV[9], ARGV[10], ARGV[3], ARGV[4], ARGV[12], KEYS[3], ARGV[7])) do
+  table.insert(out, k)
+end
+return out
 """
+)
 
-_DUE_REDRIVES = """
+_DUE_REDRIVES = (
+    _CHAIN_LUA
+    + """
 -- KEYS: redrive, audit, then the broker's message hashes (queued, delayed)
--- ARGV: now, limit, next_at, max_redrives, entry_prefix, maxlen, verdict_redrives
+-- ARGV: now, limit, next_at, max_redrives, entry_prefix, maxlen, verdict_redrives,
+--       inflight_prefix, outcome of the later actions, ttl
 local keys = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local out = {}
 for _, key in ipairs(keys) do
@@ -158,6 +319,8 @@ for _, key in ipairs(keys) do
     redis.call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'key', key, 'state', 'failed',
       'rule_id', e[4] or '', 'conversation_id', e[5] or '', 'attempts', e[6] or '0',
       'reason', 'redrive_limit', 'at', ARGV[1])
+    settle_agent(entry, key, false, ARGV[1], ARGV[8])
+    cascade(entry, ARGV[5], ARGV[8], ARGV[1], ARGV[10], ARGV[9], KEYS[2], ARGV[6])
     table.insert(out, key)
     table.insert(out, '')
   else
@@ -173,6 +336,7 @@ for _, key in ipairs(keys) do
 end
 return out
 """
+)
 
 _NOTE_QUEUED = """
 -- KEYS: entries   ARGV: message ref
@@ -213,7 +377,7 @@ class Ledger:
         self.redrive_after_s = redrive_after_s
         self.max_redrives = max_redrives
         self._audit_maxlen = audit_maxlen
-        self._claim = client.register_script(_CLAIM)
+        self._claim_firing = client.register_script(_CLAIM_FIRING)
         self._begin = client.register_script(_BEGIN_ATTEMPT)
         self._finish = client.register_script(_FINISH)
         self._due = client.register_script(_DUE_REDRIVES)
@@ -236,33 +400,54 @@ class Ledger:
         rule_id: str | None = None,
         conversation_id: int | str | None = None,
     ) -> bool:
-        """Claim a firing: True only for the first claimer of `key` (within the TTL).
+        """Claim a one-action firing: True only for the first claimer of `key` (within the TTL).
 
         `payload` is the planned action (JSON-able) so a stuck claim can be
         re-driven; `rule_id`/`conversation_id` default to the key's first parts.
         """
-        parsed_rule, parsed_conv = split_firing_key(key)
-        rule = rule_id if rule_id is not None else parsed_rule
-        conv = str(conversation_id) if conversation_id is not None else parsed_conv
+        firing = FiringClaim(firing_of(key), (ClaimItem(key, payload),), owner=owner)
+        if rule_id is not None:
+            firing = replace(firing, rule_id=rule_id)
+        if conversation_id is not None:
+            firing = replace(firing, conversation_id=str(conversation_id))
+        return self.claim_firing(firing, now) is ClaimResult.WON
+
+    def claim_firing(self, firing: FiringClaim, now: datetime | None = None) -> ClaimResult:
+        """Claim every action of a firing at once, its caps and agents' capacity checked in the
+        same script: two ticks or two replicas can never both pass a cap.
+
+        Action 0 is pending (queued by the caller, re-driven if lost); the others wait
+        until the action before them is applied (`finish_item`)."""
         at = self._now(now)
-        won = self._claim(
-            keys=[ENTRY_PREFIX + key, REDRIVE_KEY, f"{COUNT_PREFIX}{rule}:{conv}", HOURLY_PREFIX + rule],
-            args=[
-                key,
-                json.dumps(payload, separators=(",", ":"), default=str),
-                repr(at),
-                repr(at + self.redrive_after_s),
-                self.ttl_s,
-                owner,
-                rule,
-                conv,
-                repr(at - HOUR_S),
-            ],
+        rule, conv = firing.rule_and_conversation()
+        args: list[Any] = [
+            firing.key,
+            repr(at),
+            repr(at + self.redrive_after_s),
+            self.ttl_s,
+            firing.owner,
+            rule,
+            conv,
+            repr(at - HOUR_S),
+            firing.max_per_conversation or 0,
+            firing.max_per_hour or 0,
+            ENTRY_PREFIX,
+            INFLIGHT_PREFIX,
+            repr(to_epoch(firing.load_since) if firing.load_since else at),
+            len(firing.items),
+        ]
+        for item in firing.items:
+            args.extend(item.lua_args())
+        code = int(
+            self._claim_firing(
+                keys=[REDRIVE_KEY, f"{COUNT_PREFIX}{rule}:{conv}", HOURLY_PREFIX + rule], args=args
+            )
         )
-        if not won:
+        result = CLAIM_CODES[code]
+        if result is ClaimResult.KNOWN:
             LEDGER_DEDUPES.labels(rule=rule).inc()
-            log.debug("firing_already_claimed", key=key)
-        return bool(won)
+            log.debug("firing_already_claimed", key=firing.key)
+        return result
 
     def begin(self, key: str, now: datetime | None = None) -> tuple[int, bool] | None:
         """`begin_attempt`, and whether this is the verdict delivery after the last re-drive.
@@ -293,22 +478,59 @@ class Ledger:
         return begun[0] if begun is not None else None
 
     def mark_done(self, key: str, outcome: dict[str, Any] | None = None, now: datetime | None = None) -> bool:
-        """Record success; False when the firing was not pending (nothing changed, no audit line)."""
-        value = json.dumps(outcome or {}, separators=(",", ":"), default=str)
-        return self._finish_as(key, "done", "outcome", value, now)
+        """Record success; False when the item was not pending (nothing changed, no audit line).
+
+        An outcome whose result is "done" (applied) hands on to the firing's next action;
+        any other result ("skipped") ends the later actions as skipped."""
+        return self.finish_item(key, "done", outcome or {}, now).changed
 
     def mark_failed(self, key: str, reason: str, now: datetime | None = None) -> bool:
-        """Record a final failure with a reason; False when the firing was not pending."""
-        return self._finish_as(key, "failed", "reason", reason, now)
+        """Record a final failure with a reason; False when the item was not pending."""
+        return self.finish_item(key, "failed", {"reason": reason}, now).changed
 
-    def _finish_as(self, key: str, state: State, fld: str, value: str, now: datetime | None) -> bool:
-        done = self._finish(
+    def finish_item(
+        self, key: str, state: State, detail: dict[str, Any], now: datetime | None = None
+    ) -> Finished:
+        """Record an item's final state; the firing's next action becomes pending (and due for
+        re-drive) in the same script when this one was applied, else the rest are skipped."""
+        applied = state == "done" and detail.get("result", "done") == "done"
+        if state == "failed":
+            fld, value = "reason", str(detail.get("reason", "failed"))
+            why = f"failed: {value}"
+        else:
+            fld, value = "outcome", json.dumps(detail, separators=(",", ":"), default=str)
+            why = f"{detail.get('result', 'done')}: {detail.get('reason', '')}".rstrip(": ")
+        later = {"result": "skipped", "reason": f"not run: an earlier action of the firing ({key}) {why}"}
+        at = self._now(now)
+        raw = self._finish(
             keys=[ENTRY_PREFIX + key, REDRIVE_KEY, AUDIT_STREAM],
-            args=[key, state, repr(self._now(now)), self.ttl_s, fld, value, self._audit_maxlen],
+            args=[
+                key,
+                state,
+                repr(at),
+                self.ttl_s,
+                fld,
+                value,
+                self._audit_maxlen,
+                "1" if applied else "0",
+                ENTRY_PREFIX,
+                INFLIGHT_PREFIX,
+                repr(at + self.redrive_after_s),
+                json.dumps(later, separators=(",", ":")),
+            ],
         )
-        if done:
-            log.debug("firing_finished", key=key, state=state)  # execution logs the firing once
-        return bool(done)
+        if not int(raw[0]):
+            return Finished(False)
+        log.debug("firing_finished", key=key, state=state)  # execution logs the firing once
+        nxt = _text(raw[1]) or None
+        return Finished(True, nxt, tuple(_text(k) for k in raw[2:]))
+
+    def payloads(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The stored steps of `keys` (those that still exist), in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(ENTRY_PREFIX + key, "payload")
+        return {k: json.loads(_text(v)) for k, v in zip(keys, pipe.execute(), strict=True) if v}
 
     def reopen(self, key: str, now: datetime | None = None) -> bool:
         """Put a failed firing back to pending (e.g. a dead letter retried by an operator)."""
@@ -343,6 +565,11 @@ class Ledger:
                 ENTRY_PREFIX,
                 self._audit_maxlen,
                 VERDICT_REDRIVES,
+                INFLIGHT_PREFIX,
+                json.dumps(
+                    {"result": "skipped", "reason": "not run: an earlier action failed (redrive_limit)"}
+                ),
+                self.ttl_s,
             ],
         )
         raw = [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
