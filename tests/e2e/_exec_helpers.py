@@ -15,7 +15,8 @@ from worker.rules.evaluator import Snapshot, evaluate
 from worker.rules.firing import Step
 from worker.rules.loader import load_texts
 from worker.runtime import Runtime
-from worker.scheduling.planning import PlanContext, all_steps, plan
+from worker.scheduling.planning import PlanContext, all_steps, plan, pools_asked
+from worker.scheduling.router import Router
 from worker.simulator.audit import AuditEntry
 from worker.simulator.testing import SimulatorHandle
 from worker.state.ledger import ClaimItem, ClaimResult, FiringClaim
@@ -54,7 +55,9 @@ def plan_and_claim(runtime: Runtime, conversation_ids: Iterable[int]) -> list[St
         snapshot = Snapshot(conv, messages)
         evaluation = evaluate(ruleset, snapshot, runtime.clock.now())
         matches.extend((conv.id, match) for match in evaluation.matches)
-    firings = plan(matches, PlanContext(conversations))
+    router = Router(runtime.redis, runtime.api.client, runtime.rulebook, runtime.clock)
+    chooser = router.chooser(pools_asked(m for _, m in matches))  # pools read before planning
+    firings = plan(matches, PlanContext(conversations, chooser))
     for firing in firings:
         items = tuple(ClaimItem(s.items[0].key, s.to_dict()) for s in firing.steps)
         claim = FiringClaim(firing.firing_key, items, rule_id=firing.rule_id)

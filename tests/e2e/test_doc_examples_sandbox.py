@@ -83,9 +83,8 @@ def test_the_readme_example_rule_runs_on_the_sandbox(simulator: SimulatorHandle,
     runtime = Runtime.build(settings, clock=simulator.clock, rulebook=Rulebook.of(loaded.ruleset))
     try:
         steps = plan_and_claim(runtime, [conv])
-        assert {s.bulk.action for s in steps if s.bulk} == {"move"}, (
-            steps
-        )  # the pool assign waits for a resolver
+        # The firing's three actions, in order: assign from the leads pool, move, note.
+        assert [s.bulk.action if s.bulk else s.kind for s in steps] == ["assign", "move", "message"]
         for step in steps:
             execute(runtime, step)
         outcomes = {item.key: runtime.ledger.get(item.key) for step in steps for item in step.items}
@@ -94,3 +93,4 @@ def test_the_readme_example_rule_runs_on_the_sandbox(simulator: SimulatorHandle,
     assert all(e is not None and e.state == "done" for e in outcomes.values()), outcomes
     record = simulator.sim.conversation(conv)
     assert (record["pipeline_id"], record["pipeline_stage_id"]) == (1, 14)
+    assert record["owner_id"] == 201

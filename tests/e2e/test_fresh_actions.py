@@ -55,8 +55,10 @@ def test_a_retried_note_of_a_situation_that_moved_on_is_not_sent_and_the_next_on
     runtime = make_runtime(ESCALATE)
     conv = simulator.sim.new_conversation(channel="sms")["id"]
     simulator.clock.advance(timedelta(minutes=2, seconds=1))
-    bulk, note = sorted(_steps(runtime), key=lambda s: s.kind)
-    execute(runtime, bulk)  # the move is applied: one action of the firing is done
+    (bulk,) = _steps(runtime)  # a firing's actions run in order: the move first
+    queued: list[Step] = []
+    execute(runtime, bulk, queued.append)  # the move is applied: the note is queued next
+    (note,) = queued
     simulator.sim.set_faults(error_rate=1.0, paths=[SMS_SEND])
     with pytest.raises(ApiError):
         execute(runtime, note)  # 500: the note stays pending, dramatiq would retry it
@@ -71,8 +73,9 @@ def test_a_retried_note_of_a_situation_that_moved_on_is_not_sent_and_the_next_on
     assert entry.outcome["result"] == "skipped" and "situation moved on" in entry.outcome["reason"]
     # The second wait escalates once it is 2 minutes long, with its own note.
     simulator.clock.advance(timedelta(minutes=2))
-    for step in sorted(_steps(runtime), key=lambda s: s.kind):
-        execute(runtime, step)
+    steps = _steps(runtime)
+    while steps:
+        execute(runtime, steps.pop(0), steps.append)
     (sent,) = _notes(simulator, conv)
     assert sent["created_at"] >= second + timedelta(minutes=2)
 

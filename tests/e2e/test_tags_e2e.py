@@ -55,9 +55,11 @@ def test_tags_are_changed_once_in_one_patch_per_conversation(
     running.tick()
     assert simulator.sim.conversation(first["id"])["tags"] == ["sales", "vip", "seen", "web"]
     assert simulator.sim.conversation(second["id"])["tags"] == ["vip", "seen"]
-    # Three actions of two rules on the first conversation: one PATCH; nothing re-fired.
+    # Actions run in order: the first action of both rules is one PATCH, mark-vip's second
+    # action (untag) one more after it; nothing re-fired.
     assert [e.body for e in _tag_patches(simulator, first["id"])] == [
-        {"tags": ["sales", "vip", "seen", "web"]}
+        {"tags": ["billing", "sales", "vip", "seen", "web"]},
+        {"tags": ["sales", "vip", "seen", "web"]},
     ]
     assert len(_tag_patches(simulator, second["id"])) == 1
 
@@ -99,9 +101,18 @@ def test_a_stale_list_written_right_after_ours_is_repaired_keeping_both(
     for step in steps:
         execute(runtime, step)
     assert simulator.sim.conversation(conv["id"])["tags"] == ["person", "vip", "seen"]
-    assert [e.body["tags"] for e in _tag_patches(simulator)] == [["vip", "seen"], ["person", "vip", "seen"]]
+    # The rule's actions run in order: the tag (its PATCH repaired after the stale write
+    # keeps both), then the untag.
+    assert [e.body["tags"] for e in _tag_patches(simulator)] == [
+        ["billing", "vip", "seen"],
+        ["billing", "person", "vip", "seen"],
+        ["person", "vip", "seen"],
+    ]
     entries = [runtime.ledger.get(item.key) for step in steps for item in step.items]
-    assert [(e.state, e.outcome.get("repaired")) for e in entries if e is not None] == [("done", True)] * 2
+    assert [(e.state, e.outcome.get("repaired")) for e in entries if e is not None] == [
+        ("done", True),
+        ("done", False),
+    ]
 
 
 def test_commit_then_fail_on_the_patch_changes_tags_once(simulator: SimulatorHandle, start: Start) -> None:
@@ -114,7 +125,8 @@ def test_commit_then_fail_on_the_patch_changes_tags_once(simulator: SimulatorHan
     simulator.sim.set_faults(commit_then_fail_rate=0.0)
     running.tick()
     assert simulator.sim.conversation(conv["id"])["tags"] == ["vip", "seen"]
-    assert len(_tag_patches(simulator, conv["id"])) == 1
+    # One PATCH per action (tag, then untag), each applied once despite the lost answers.
+    assert len(_tag_patches(simulator, conv["id"])) == 2
 
 
 def test_plan_command_shows_the_tag_change(

@@ -26,7 +26,8 @@ from worker.execution.runs import Run, finish
 from worker.metrics import ACTION_STALENESS_S
 from worker.rules.context import EvalContext
 from worker.rules.evaluator import Snapshot, evaluate
-from worker.rules.firing import firing_key_for, sibling_keys
+from worker.rules.firing import firing_key_for, item_index, renews, sibling_keys
+from worker.rules.model import Rule
 from worker.runtime import Runtime
 
 # How old a re-check may be when the call leaves before the records are read again.
@@ -136,7 +137,7 @@ def moot_reason(runtime: Runtime, run: Run, fresh: Fresh) -> str | None:
     # The rule's own earlier action may have made it false, but only within its situation:
     # once the customer wrote again (say), the rest of the old firing is moot too.
     situation = firing_key_for(rule.id, rule.once, EvalContext(snapshot.conversation, now, snapshot.messages))
-    if situation != run.firing_key:
+    if situation != run.firing_key and not moved_by_own_actions(rule, run):
         return f"moot: the situation moved on ({situation})"
     if firing_started(runtime, run, len(rule.then)):
         return None
@@ -154,6 +155,14 @@ def out_of_redrives(runtime: Runtime, run: Run) -> bool:
     reason = "redrive_limit: re-drives ran out; read back first, the effect is not there"
     finish(runtime, run, "failed", reason=reason)
     return True
+
+
+def moved_by_own_actions(rule: Rule, run: Run) -> bool:
+    """True when an earlier action of this firing renews the situation its `once` keys on
+    (`assign` then `note` under `per_assignment`): a new situation is then the firing's own
+    doing, not a reason to drop its later actions."""
+    index = item_index(run.item.key)
+    return any(renews(action, rule.once) for action in rule.then[:index])
 
 
 def firing_started(runtime: Runtime, run: Run, actions: int) -> bool:

@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import Any, get_args
 
 from worker.api.models import Conversation
+from worker.rules.actions import Action
 from worker.rules.context import EvalContext, iso
 from worker.rules.cycles import followup_anchor, response_cycle_start
 from worker.rules.model import Once
@@ -132,6 +133,24 @@ def situation_of(key: str) -> str:
     """The situation part of a firing or item key (what follows rule and conversation)."""
     parts = firing_of(key).split(":", 2)
     return parts[2] if len(parts) == 3 else firing_of(key)
+
+
+def item_index(key: str) -> int:
+    """The action position of an item key (0 for a key without one)."""
+    _, sep, tail = key.rpartition(ITEM_SEPARATOR)
+    return int(tail) if sep and tail.isdigit() else 0
+
+
+# Action types whose effect starts a new situation of a `once` (the owner or the stage changes).
+RENEWING: dict[str, frozenset[str]] = {
+    "per_assignment": frozenset({"assign", "unassign"}),
+    "per_stage_entry": frozenset({"move"}),
+}
+
+
+def renews(action: Action, once: Once) -> bool:
+    """True when carrying out `action` starts a new `once` situation for the same rule."""
+    return action.key in RENEWING.get(once, frozenset())
 
 
 def sibling_keys(key: str, actions: int) -> list[str]:
