@@ -33,6 +33,7 @@ from worker.rules.actions import NoteAction, ReplyAction
 from worker.rules.attachments import AttachmentError, AttachmentFile, Category, carries, resolve
 from worker.rules.predefined import ATTACHMENT_FIELDS  # what `predefined sync` stores
 from worker.runtime import Runtime
+from worker.state.locks import item_locks
 from worker.state.uploads import Uploads
 
 log = get_logger(__name__)
@@ -108,14 +109,22 @@ def _predefined_file(runtime: Runtime, action: ReplyAction) -> Outgoing | None:
     )
 
 
+UPLOAD_LOCK_TTL_MS = 60_000
+
+
 def upload_fields(runtime: Runtime, file: Outgoing, conversation: Conversation) -> dict[str, Any]:
     """The send's media fields, uploading and recording only what no earlier attempt did."""
     uploads = Uploads(runtime.redis)
     stored = file.stored or uploads.stored_object(file.sha256)
     if stored is None:
         assert file.local is not None  # a file without a stored object is a file next to the rules
-        stored = upload_file(runtime.api, file.local)
-        uploads.remember_object(file.sha256, stored)
+        # Two sends of one content at once (a firing's reply queued for many conversations
+        # when their first action is done) upload it once: the other retries (ItemBusy).
+        with item_locks(runtime.redis, [f"upload:{file.sha256}"], UPLOAD_LOCK_TTL_MS):
+            stored = uploads.stored_object(file.sha256)
+            if stored is None:
+                stored = upload_file(runtime.api, file.local)
+                uploads.remember_object(file.sha256, stored)
     file_id = uploads.conversation_file(conversation.id, file.sha256)
     if file_id is None:
         record = runtime.api.files.create_file(

@@ -11,17 +11,27 @@ stays in the re-drive set and is handed back by ``due_redrives`` so the worker
 re-enqueues it: lost firings = 0 needs this as much as duplicates = 0 needs the
 claim.
 
+A firing is claimed whole (``claim_firing``): one entry per action,
+``<firing key>#<position>``, written in one script that also checks the rule's
+caps and the assigned agents' capacity. Action 0 is ``pending``; the others are
+``waiting`` until the action before them is applied: then the finish script
+makes the next one ``pending`` and due for re-drive in the same step (the
+executor queues it at once; a worker killed in between only delays it). An
+action that ends without being applied ends the rest as skipped.
+
 Redis keys (all under ``inboxpilot:``):
 
 =====================================  ======  ====================================================
 key                                    type    content / TTL
 =====================================  ======  ====================================================
-``inboxpilot:ledger:<firing key>``     HASH    state, attempts, claimed_at, updated_at, payload,
-                                               owner, rule_id, conversation_id, redrives, reason,
-                                               outcome; TTL ``ledger_ttl_s`` (refreshed on change)
+``inboxpilot:ledger:<item key>``       HASH    state (waiting/pending/done/failed), attempts,
+                                               claimed_at, updated_at, payload, owner, rule_id,
+                                               conversation_id, redrives, reason, outcome, next
+                                               (the next action's key), agent (an assignment's);
+                                               TTL ``ledger_ttl_s`` (refreshed on change)
 ``inboxpilot:ledger:redrive``          ZSET    pending firing keys scored by "re-drive at" epoch;
                                                no TTL (members leave on done/failed/expiry)
-``inboxpilot:ledger:count:<r>:<c>``    STRING  firings claimed for rule ``r`` on conversation ``c``;
+``inboxpilot:ledger:count:<r>:<c>``    STRING  firings (not actions) claimed for rule ``r`` on ``c``;
                                                TTL ``ledger_ttl_s``
 ``inboxpilot:ledger:hourly:<r>``       ZSET    firing keys of rule ``r`` scored by claim epoch,
                                                trimmed to the last hour; TTL 1 h after last claim
