@@ -18,6 +18,7 @@ from worker.api.models import Contact, Conversation
 from worker.rules import load_texts
 from worker.rules.templates import (
     MAX_RANGE,
+    MAX_TEMPLATE_CHARS,
     MAX_TEXT_CHARS,
     RENDER_BUDGET_S,
     Budget,
@@ -84,6 +85,15 @@ def test_hostile_templates_fail_with_a_reason(text: str) -> None:
 )  # fmt: skip
 def test_ordinary_templates_still_render(text: str, expected: str) -> None:
     assert render(text, CONV, CONTACT) == expected
+
+
+def test_a_template_source_over_the_cap_is_not_compiled() -> None:
+    """A predefined message of megabytes would cost its compile before any output cap."""
+    text = "{% if false %}" + "x" * MAX_TEMPLATE_CHARS + "{% endif %}ok"
+    with pytest.raises(TemplateRenderError, match=f"longer than {MAX_TEMPLATE_CHARS}"):
+        render(text, CONV, CONTACT)
+    result = load_texts([("rules.yaml", _rule_with(text))])
+    assert f"longer than {MAX_TEMPLATE_CHARS}" in result.errors[0].message
 
 
 def test_the_rendered_size_is_capped_and_the_reason_names_the_cap() -> None:

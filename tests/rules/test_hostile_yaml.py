@@ -18,7 +18,7 @@ from worker.cli import app
 from worker.rules import Snapshot, evaluate, load_texts
 from worker.rules.book import Rulebook
 from worker.rules.explain import format_explanation
-from worker.rules.loader import MAX_ALIAS_NODES, MAX_RULE_FILE_BYTES, load_rules
+from worker.rules.loader import MAX_ALIAS_NODES, MAX_RULE_FILE_BYTES, MAX_YAML_DEPTH, load_rules
 
 GOOD = textwrap.dedent(
     """\
@@ -84,6 +84,14 @@ def test_a_recursive_alias_is_a_located_error() -> None:
     result = load_texts([("loop.yaml", text)])
     (error,) = result.errors
     assert (error.line, error.column) == (3, 5) and "contains it" in error.message, error.format()
+
+
+def test_deep_nesting_is_a_located_error() -> None:
+    text = GOOD + "calendars: " + "[" * 5000 + "]" * 5000 + "\n"
+    (error,) = load_texts([("deep.yaml", text)]).errors
+    assert error.line == 6 and error.column > 1 and f"nested deeper than {MAX_YAML_DEPTH}" in error.message, (
+        error.format()
+    )
 
 
 def test_a_file_over_the_size_limit_is_not_parsed(tmp_path: Path) -> None:

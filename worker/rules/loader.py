@@ -13,8 +13,9 @@ documents (files and sections), parser (one rule), sections, sla, aliases.
 
 Hostile files are refused with a located error before they can cost much: a
 file over `MAX_RULE_FILE_BYTES` is not read, YAML aliases may stand for at most
-`MAX_ALIAS_NODES` nodes (`loading/aliases.py`), and a symbolic link that leads
-nowhere is reported rather than skipped.
+`MAX_ALIAS_NODES` nodes and nest at most `MAX_YAML_DEPTH` deep
+(`loading/aliases.py`), and a symbolic link that leads nowhere is reported
+rather than skipped.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from ruamel.yaml.error import MarkedYAMLError
 
 from worker.rules.errors import RuleError, RulesInvalid
 from worker.rules.loading.aliases import MAX_ALIAS_NODES as MAX_ALIAS_NODES
-from worker.rules.loading.aliases import AliasLimitError, BudgetComposer
+from worker.rules.loading.aliases import MAX_YAML_DEPTH as MAX_YAML_DEPTH
+from worker.rules.loading.aliases import BudgetComposer, YamlLimitError
 from worker.rules.loading.documents import Doc, State, sections
 from worker.rules.loading.parser import check_pairs
 from worker.rules.loading.positions import to_plain
@@ -66,7 +68,7 @@ def parse_yaml(file: str, text: str, errors: list[RuleError]) -> Doc | None:
     yaml.Composer = BudgetComposer
     try:
         data = yaml.load(text)
-    except AliasLimitError as exc:
+    except YamlLimitError as exc:
         mark = exc.problem_mark
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
         errors.append(RuleError(file, line, col, None, "", f"YAML refused: {exc.problem}"))

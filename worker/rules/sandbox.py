@@ -13,6 +13,7 @@ thread for good and a 10 MB note was sent (issue 13). Here:
 - every `{{ }}` value and `~` result is at most `MAX_TEXT_CHARS` long, and so is
   the whole rendered text (`render` in `worker/rules/templates.py` streams it).
 
+A template longer than `MAX_TEMPLATE_CHARS` is not compiled at all.
 Every refusal raises `TemplateLimitError`; `render` turns any error into a
 `TemplateRenderError`, which fails the firing at once (never retried).
 """
@@ -41,6 +42,7 @@ from jinja2.visitor import NodeTransformer
 # No channel limit is given by the API contract: one cap for every reply and note,
 # WhatsApp's limit for a text message (the largest of the messaging channels).
 MAX_TEXT_CHARS = 4096
+MAX_TEMPLATE_CHARS = 65_536  # a template's own text: compiling it costs before any output cap
 MAX_INT_BITS = 256  # numbers a message could show; squaring in a loop stops here
 MAX_RANGE = 1000  # numbers one range() may give
 MAX_TEMPLATE_STEPS = 10_000  # loop iterations + calls in one render

@@ -18,6 +18,7 @@ from jinja2.environment import Template
 from worker.api.models import Contact, Conversation
 from worker.rules.sandbox import (
     MAX_RANGE,
+    MAX_TEMPLATE_CHARS,
     MAX_TEXT_CHARS,
     RENDER_BUDGET_S,
     BoundedSandbox,
@@ -30,6 +31,7 @@ from worker.rules.sandbox import (
 
 __all__ = [
     "MAX_RANGE",
+    "MAX_TEMPLATE_CHARS",
     "MAX_TEXT_CHARS",
     "RENDER_BUDGET_S",
     "Budget",
@@ -61,6 +63,8 @@ _ENV = BoundedSandbox(undefined=StrictUndefined, autoescape=False, finalize=_fin
 
 
 def _parse(text: str) -> nodes.Template:
+    if len(text) > MAX_TEMPLATE_CHARS:
+        raise TemplateLimitError(f"template is longer than {MAX_TEMPLATE_CHARS} characters")
     try:
         return _ENV.parse(text)
     except TemplateError:
@@ -73,6 +77,8 @@ def check_template(text: str) -> str | None:
     """None when `text` is a valid template over the known context, else what is wrong."""
     try:
         tree = _parse(text)
+    except TemplateLimitError as exc:
+        return str(exc)
     except TemplateError as exc:
         return f"template does not parse: {exc}"
     too_large = constant_limit_error(tree)
@@ -100,7 +106,7 @@ def uses_contact(text: str) -> bool:
 
 @lru_cache(maxsize=1024)
 def _compiled(text: str) -> Template:
-    return _ENV.from_string(text)
+    return _ENV.from_string(_parse(text))
 
 
 def render(

@@ -1,11 +1,13 @@
-"""YAML aliases within a budget: no "billion laughs", no structure that contains itself.
+"""YAML within a budget: no "billion laughs", no structure that contains itself, no deep nesting.
 
 An alias shares a node, and everything downstream (plain data for validation,
 the fingerprint) copies it: ten levels of ten aliases make 10**10 nodes from
 600 bytes (issue 13: RSS 189 MB -> 1.65 GB in 100 s). The composer charges every
 alias with the full size of what it refers to and stops at the alias that
 passes `MAX_ALIAS_NODES`, with its position; an alias to a node that is still
-open (`&a [*a]`) would make a cycle, so it is refused too.
+open (`&a [*a]`) would make a cycle, so it is refused too. Nesting deeper than
+`MAX_YAML_DEPTH` is refused where it starts going too deep (every later stage
+walks the data recursively).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
 MAX_ALIAS_NODES = 10_000  # nodes all aliases of one file may stand for, together
+MAX_YAML_DEPTH = 50  # rule files nest about 8 deep
 
 
-class AliasLimitError(ComposerError):
-    """An alias that would pass the budget or close a cycle; carries the alias's position."""
+class YamlLimitError(ComposerError):
+    """An alias that would pass the budget or close a cycle, or nesting too deep; with its position."""
 
 
 class BudgetComposer(Composer):
@@ -30,15 +33,15 @@ class BudgetComposer(Composer):
         super().__init__(loader)
         self.alias_nodes = 0
         self._sizes: dict[int, int] = {}
-        self._open: list[str] = []  # anchors whose node is being composed
+        self._open: list[str | None] = []  # anchors of the nodes being composed, outermost first
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.parser.peek_event()
         if isinstance(event, AliasEvent):
             self._charge(event)
             return super().compose_node(parent, index)
-        if event.anchor is None:
-            return super().compose_node(parent, index)
+        if len(self._open) >= MAX_YAML_DEPTH:
+            raise YamlLimitError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
         self._open.append(event.anchor)
         try:
             return super().compose_node(parent, index)
@@ -47,7 +50,7 @@ class BudgetComposer(Composer):
 
     def _charge(self, event: AliasEvent) -> None:
         if event.anchor in self._open:
-            raise AliasLimitError(
+            raise YamlLimitError(
                 None, None, f"alias *{event.anchor} refers to a node that contains it", event.start_mark
             )
         target = self.anchors.get(event.anchor)
@@ -55,7 +58,7 @@ class BudgetComposer(Composer):
             return  # ruamel reports the undefined alias
         self.alias_nodes += _size(target, self._sizes)
         if self.alias_nodes > MAX_ALIAS_NODES:
-            raise AliasLimitError(
+            raise YamlLimitError(
                 None,
                 None,
                 f"aliases stand for more than {MAX_ALIAS_NODES} nodes (each alias counts every node "
