@@ -28,6 +28,7 @@ from tests.support.dispatchers import Collector
 from worker.config import load_settings
 from worker.execution.execute import execute
 from worker.rules.book import Rulebook
+from worker.rules.firing import Step
 from worker.rules.loader import load_rules
 from worker.runtime import Runtime
 from worker.scheduling.tick import Loop
@@ -68,6 +69,23 @@ class RunResult:
     execution_errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     conversation_ids: dict[int, int] = field(default_factory=dict)  # generator ref -> id
+    lag: Lag | None = None  # the workers were stopped then (the scheduler kept claiming)
+    lagged_steps: int = 0  # steps queued while they were stopped
+
+
+@dataclass(frozen=True)
+class Lag:
+    """Workers stopped at `start` and restarted at `end`: what they would have run waits."""
+
+    start: datetime
+    end: datetime
+
+    def covers(self, t: datetime) -> bool:
+        return self.start <= t < self.end
+
+    def deadline(self, due: datetime, guard: timedelta) -> datetime:
+        """The latest an effect due at `due` may land: restarted workers first run the backlog."""
+        return self.end + guard if self.covers(due) else due + guard
 
 
 def build_runtime(handle: SimulatorHandle, redis_url: str, rule_files: list[Path]) -> Runtime:
@@ -85,7 +103,7 @@ def build_runtime(handle: SimulatorHandle, redis_url: str, rule_files: list[Path
 
 
 class Driver:
-    def __init__(self, handle: SimulatorHandle, runtime: Runtime) -> None:
+    def __init__(self, handle: SimulatorHandle, runtime: Runtime, lag: Lag | None = None) -> None:
         self.handle = handle
         self.sim = handle.sim
         self.clock = handle.clock
@@ -94,6 +112,8 @@ class Driver:
         self.loop = Loop(runtime, self.collect)
         self.lease = LeaderLease(runtime.redis, "scheduler", 3600, self.clock)
         self.loop.fencing_token = lambda: self.lease.token
+        self.lag = lag
+        self.backlog: list[Step] = []  # queued while the workers are stopped
 
     # --- people ------------------------------------------------------------------------------
 
@@ -145,6 +165,12 @@ class Driver:
         busy = reports[0].conversations > 0 or any(r.steps for r in reports)
         result.polls_with_changes += reports[0].conversations > 0
         steps, self.collect.steps = self.collect.steps, []
+        if self.lag is not None and self.lag.covers(self.clock.now()):
+            self.backlog.extend(steps)  # the workers are stopped: the queue only grows
+            result.lagged_steps += len(steps)
+            steps = []
+        else:
+            steps, self.backlog = self.backlog + steps, []
         done = 0
         while steps:  # a firing's next action is queued when the one before it is applied
             step = steps.pop(0)
@@ -161,7 +187,7 @@ class Driver:
 
     def run(self, events: list[Event], start: datetime, end: datetime) -> RunResult:
         began = time.perf_counter()
-        result = RunResult(start, end)
+        result = RunResult(start, end, lag=self.lag)
         self.clock.set(start)
         index = 0
         next_tick: datetime | None = start
@@ -194,6 +220,8 @@ class Driver:
         due = self.runtime.timers.next_due()
         if due is not None:
             candidates.append(_ceil(due))
+        if self.lag is not None and self.clock.now() < self.lag.end:
+            candidates.append(self.lag.end)  # the workers restart: run what queued up
         return min(candidates)
 
 

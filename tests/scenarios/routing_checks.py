@@ -11,13 +11,16 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ruamel.yaml import YAML
 
 from tests.scenarios.hours import Hours
 from tests.scenarios.properties import Verdict
 from tests.scenarios.timeline import Happening, History, State
+
+if TYPE_CHECKING:
+    from tests.scenarios.driver import Lag
 
 GUARD = timedelta(seconds=2)
 
@@ -41,7 +44,9 @@ def load_roster(path: Path, pool: str = "scn-frontline", leads: str = "scn-leads
     )
 
 
-def check_routing(history: History, roster: Roster, hours: dict[str, Hours]) -> Verdict:
+def check_routing(
+    history: History, roster: Roster, hours: dict[str, Hours], lag: Lag | None = None
+) -> Verdict:
     v = Verdict("routing")
     states: dict[int, State] = {}
     load: Counter[int] = Counter()
@@ -81,7 +86,7 @@ def check_routing(history: History, roster: Roster, hours: dict[str, Hours]) -> 
     v.counts["capacity skips"] = skipped_for_capacity
     if skipped_for_capacity == 0 and spread > 1:
         v.violations.append(f"round-robin load differs by {spread} between agents")
-    _check_arrivals(history, roster, hours, v)
+    _check_arrivals(history, roster, hours, v, lag)
     return v
 
 
@@ -135,15 +140,19 @@ def _check_not_undone(
         )
 
 
-def _check_arrivals(history: History, roster: Roster, hours: dict[str, Hours], v: Verdict) -> None:
-    """Every arrival is routed within GUARD: to a person in shift, to the AI assistant outside it."""
+def _check_arrivals(
+    history: History, roster: Roster, hours: dict[str, Hours], v: Verdict, lag: Lag | None
+) -> None:
+    """Every arrival is routed within GUARD (or, while the workers were stopped, GUARD after
+    they restarted): to a person in shift, to the AI assistant outside it."""
     for cid, events in history.by_conversation.items():
         if cid not in history.created:
             continue
         start = history.created[cid]
         first = next((h for h in events if not h.human and h.kind in ("assign", "ai")), None)
         in_shift = hours["scn-support"].is_open(start)
-        if first is None or first.at - start > GUARD or (first.kind == "assign" and not in_shift):
+        late = first is not None and first.at > (lag.deadline(start, GUARD) if lag else start + GUARD)
+        if first is None or late or (first.kind == "assign" and not in_shift):
             v.violations.append(f"c{cid}: arrival at {start:%a %H:%M:%S} not routed within {GUARD}")
         else:
             v.latencies_s.append((first.at - start).total_seconds())

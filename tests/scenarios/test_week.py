@@ -16,6 +16,7 @@ import pytest
 
 from tests.scenarios.conftest import option
 from tests.scenarios.hours import load_hours
+from tests.scenarios.order_checks import check_order
 from tests.scenarios.properties import (
     ORG_ZONE,
     Verdict,
@@ -63,6 +64,11 @@ def test_a_week_of_traffic_keeps_every_property(week: tuple[Outcome, list[AuditE
     # Pauses moved some SLA deadlines and quiet hours held back some nudges.
     assert sla.counts["moved by a pause"] > 0 and followup.counts["waited out quiet hours"] > 0
     assert routing.expected > 0 and outcome.run.execution_errors == []
+    # Multi-action rules ran in order, and the workers were stopped with work queued.
+    order = outcome.verdicts["order"].counts
+    assert order["scn-route-after-hours"] > 0 and order["sla-scn-first-response-100"] > 0
+    assert order["scn-close"] > 0
+    assert outcome.run.lagged_steps > 0
 
 
 @pytest.fixture
@@ -77,9 +83,9 @@ def _firing_violations(outcome: Outcome, audit: list[AuditEntry]) -> list[str]:
     hours = load_hours(ROSTER)
     history = build_history(outcome.run.played, audit)
     rules = specs(hours)
-    verdicts = check_firings(
-        expected_firings(history, rules, outcome.run.end), actual_firings(history, rules), rules
-    )
+    lag = outcome.run.lag
+    expected = expected_firings(history, rules, outcome.run.end, lag)
+    verdicts = check_firings(expected, actual_firings(history, rules), rules, lag)
     return [v for verdict in verdicts.values() for v in verdict.violations]
 
 
@@ -96,8 +102,8 @@ def test_the_checks_catch_a_missed_late_duplicated_or_early_firing(
     short_run: tuple[Outcome, list[AuditEntry]],
 ) -> None:
     outcome, audit = short_run
-    breach = _sends(audit, "[scn-sla-breach]")[0]
-    nudge = _sends(audit, "[scn-nudge-1]")[0]
+    breach = _unlagged(outcome, _sends(audit, "[scn-sla-breach]"))
+    nudge = _unlagged(outcome, _sends(audit, "[scn-nudge-1]"))
     missed = [e for e in audit if e is not breach]
     assert any("missed" in v for v in _firings(outcome, missed))
     late = [dataclasses.replace(e, time=e.time + timedelta(seconds=3)) if e is nudge else e for e in audit]
@@ -106,6 +112,13 @@ def test_the_checks_catch_a_missed_late_duplicated_or_early_firing(
     assert any("unexpected" in v for v in _firings(outcome, twice))
     early = [dataclasses.replace(e, time=e.time - timedelta(seconds=5)) if e is breach else e for e in audit]
     assert any("sla-scn-first-response-100" in v for v in _firings(outcome, early))
+
+
+def _unlagged(outcome: Outcome, sends: list[AuditEntry]) -> AuditEntry:
+    """The first send well clear of the lagging workers (their window allows lateness)."""
+    lag = outcome.run.lag
+    margin = timedelta(minutes=1)
+    return next(e for e in sends if lag is None or not lag.start - margin <= e.time <= lag.end + margin)
 
 
 def _firings(outcome: Outcome, audit: list[AuditEntry]) -> list[str]:
@@ -121,7 +134,7 @@ def test_the_routing_checks_catch_a_wrong_agent(short_run: tuple[Outcome, list[A
     other = next(m for m in roster.members if m != first.body["owner_id"])
     swapped = [dataclasses.replace(e, body={**e.body, "owner_id": other}) if e is first else e for e in audit]
     history: History = build_history(outcome.run.played, swapped)
-    assert any("round robin" in v for v in check_routing(history, roster, hours).violations)
+    assert any("round robin" in v for v in check_routing(history, roster, hours, outcome.run.lag).violations)
 
 
 def _direct_followup_violations(outcome: Outcome, audit: list[AuditEntry]) -> list[str]:
@@ -169,3 +182,44 @@ def test_the_checks_catch_a_nudge_at_night_twice_or_a_close_never_answered(
         body={"action": "update_status", "status": "closed", "conversation_ids": [asked.conversation_id]},
     )
     assert any("not answered" in v for v in _direct_followup_violations(outcome, [*audit, bogus]))
+
+
+@pytest.mark.slow
+def test_the_order_check_catches_a_later_action_run_first(
+    short_run: tuple[Outcome, list[AuditEntry]],
+) -> None:
+    """Swap a breach note with the lead's assignment that followed it in the same tick."""
+    _, audit = short_run
+    note = _sends(audit, "[scn-sla-breach]")[0]
+    cid = note.body["conversation_id"]
+    assign = next(
+        e
+        for e in audit
+        if e.path == BULK
+        and e.body.get("action") == "assign"
+        and e.body.get("owner_id") == 401
+        and cid in e.body.get("conversation_ids", [])
+        and e.time == note.time
+    )
+    swapped = [
+        dataclasses.replace(e, seq=assign.seq if e is note else note.seq) if e in (note, assign) else e
+        for e in audit
+    ]
+    assert any("came before its first" in v for v in check_order(swapped).violations)
+    assert check_order(audit).violations == []
+
+
+@pytest.mark.slow
+def test_the_checks_see_the_lagging_workers(short_run: tuple[Outcome, list[AuditEntry]]) -> None:
+    """Judged as if the workers never stopped, what they ran after the restart is late."""
+    outcome, audit = short_run
+    hours = load_hours(ROSTER)
+    unlagged = dataclasses.replace(outcome.run, lag=None)
+    history = build_history(unlagged.played, audit)
+    rules = specs(hours)
+    firings = check_firings(
+        expected_firings(history, rules, unlagged.end), actual_firings(history, rules), rules
+    )
+    routing = check_routing(history, load_roster(ROSTER), hours)
+    late = [v for verdict in [*firings.values(), routing] for v in verdict.violations]
+    assert late, "the lag delayed nothing: the scenario does not exercise lagging workers"

@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import statistics
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from tests.scenarios.driver import Driver, RunResult, build_runtime
+from tests.scenarios.driver import Driver, Lag, RunResult, build_runtime
 from tests.scenarios.hours import Hours, load_hours
+from tests.scenarios.order_checks import check_order
 from tests.scenarios.properties import (
     Verdict,
     actual_firings,
@@ -36,6 +37,9 @@ RULES = Path(__file__).resolve().parents[2] / "rules" / "examples"
 ROSTER = RULES / "scenario-roster.yaml"
 # Monday 00:00 in Berlin; the Wednesday is scn-support's day off.
 START = datetime(2026, 11, 2, tzinfo=ZoneInfo("Europe/Berlin"))
+# Tuesday 10:00-10:20 in shift: the workers are stopped while the scheduler keeps claiming,
+# then restarted; every check allows effects due meanwhile to land right after the restart.
+LAG = Lag(START + timedelta(days=1, hours=10), START + timedelta(days=1, hours=10, minutes=20))
 
 
 def rule_files() -> list[Path]:
@@ -54,12 +58,14 @@ class Outcome:
         return [f"{job}: {line}" for job, v in self.verdicts.items() for line in v.violations]
 
 
-def run_week(handle: SimulatorHandle, redis_url: str, config: TrafficConfig) -> Outcome:
+def run_week(
+    handle: SimulatorHandle, redis_url: str, config: TrafficConfig, lag: Lag | None = LAG
+) -> Outcome:
     hours = load_hours(ROSTER)
     events = generate(config, hours["scn-support"])
     runtime = build_runtime(handle, redis_url, rule_files())
     try:
-        run = Driver(handle, runtime).run(events, config.start, config.end)
+        run = Driver(handle, runtime, lag).run(events, config.start, config.end)
     finally:
         runtime.close()
     return Outcome(config, run, judge(handle, run, hours), describe(events))
@@ -68,10 +74,12 @@ def run_week(handle: SimulatorHandle, redis_url: str, config: TrafficConfig) -> 
 def judge(handle: SimulatorHandle, run: RunResult, hours: dict[str, Hours]) -> dict[str, Verdict]:
     history = build_history(run.played, handle.sim.audit_log())
     rules = specs(hours)
-    verdicts = check_firings(expected_firings(history, rules, run.end), actual_firings(history, rules), rules)
+    expected, actual = expected_firings(history, rules, run.end, run.lag), actual_firings(history, rules)
+    verdicts = check_firings(expected, actual, rules, run.lag)
     check_night(history, hours, verdicts["sla"])
     check_quiet_and_window(history, rules, hours, verdicts["followup"])
-    verdicts["routing"] = check_routing(history, load_roster(ROSTER), hours)
+    verdicts["routing"] = check_routing(history, load_roster(ROSTER), hours, run.lag)
+    verdicts["order"] = check_order(handle.sim.audit_log())
     return verdicts
 
 
@@ -91,6 +99,9 @@ def summary(outcome: Outcome) -> str:
         f" refused by API {refused}",
         f"  loop: {r.ticks} ticks, {r.polls_with_changes} polls with changes, {r.resyncs} resyncs, "
         f"{r.steps} steps, {len(r.execution_errors)} execution errors, {r.wall_s:.1f}s wall",
+        f"  lagging workers: {r.lag.start:%a %H:%M}-{r.lag.end:%H:%M}, {r.lagged_steps} steps queued"
+        if r.lag
+        else "  lagging workers: none",
     ]
     for job, v in outcome.verdicts.items():
         counts = ", ".join(f"{k} {n}" for k, n in v.counts.items())
