@@ -499,3 +499,24 @@ def test_case5_an_agent_switched_off_hands_on_at_the_next_poll(
     simulator.clock.advance(loop.runtime.settings.poll_interval_s)
     scheduler_job(service, "poll")
     assert owner(simulator, conv) == 2
+
+
+def test_case1_a_worker_killed_between_two_actions_loses_neither(
+    simulator: SimulatorHandle, make_runtime: RuntimeFactory
+) -> None:
+    """Action 0 applied, then the worker dies before it queues action 1: the ledger's re-drive
+    queues action 1 (it became due in the same script that recorded action 0)."""
+    loop, queue = leader(make_runtime, ASSIGN_THEN_NOTE)
+    queue.hold = True
+    conv = simulator.sim.new_conversation(channel="webchat")["id"]
+    tick(loop)
+    (first,) = queue.queued
+    queue.queued.clear()
+    execute(loop.runtime, first)  # no enqueue: the process died right after the assignment
+    assert effects(simulator, conv) == [("assign", "1")]
+    simulator.clock.advance(timedelta(seconds=loop.runtime.ledger.redrive_after_s + 1))
+    assert loop.redrive_once() == 1
+    queue.hold = False
+    queue.drain()
+    assert effects(simulator, conv) == [("assign", "1"), ("note", "Assigned to Ana")]
+    assert loop.redrive_once() == 0  # nothing left pending
