@@ -161,6 +161,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, int]]] = {
         {"missing_token": EXIT_USAGE, "wrong_token": EXIT_API, "wrong_url": EXIT_API, "html": EXIT_API,
          "forbidden": EXIT_API, "redis_down": EXIT_REDIS, "port_in_use": EXIT_PORT},
     ),
+    "firings": (["firings"], {"redis_down": EXIT_REDIS}),
     "dead-letters list": (["dead-letters", "list"], {"redis_down": EXIT_REDIS}),
     "dead-letters retry": (["dead-letters", "retry", "--all"], {"redis_down": EXIT_REDIS}),
     "dead-letters drop": (["dead-letters", "drop", "x-1"], {"redis_down": EXIT_REDIS}),

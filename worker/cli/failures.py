@@ -125,12 +125,12 @@ def api_line(exc: ApiError) -> str:
 
 
 def _redis_line(exc: BaseException) -> str:
-    url = _setting("broker_url") or _setting("redis_url") or "(embedded)"
-    if _is_from(exc, "redis", "fakeredis") and _setting("redis_url"):
-        url = _setting("redis_url")
-    return (
-        f"cannot use Redis or the broker at {url}: {exc}; check INBOXPILOT_REDIS_URL / INBOXPILOT_BROKER_URL"
-    )
+    detail = str(exc).strip().rstrip(".") or type(exc).__name__
+    if _is_from(exc, "redis", "fakeredis"):
+        url = _setting("redis_url") or "(embedded)"
+        return f"cannot use Redis at {url}: {detail}; check INBOXPILOT_REDIS_URL and that Redis is up"
+    url = _setting("broker_url") or _setting("redis_url")
+    return f"cannot use the message broker at {url}: {detail}; check INBOXPILOT_BROKER_URL"
 
 
 def _setting(name: str) -> str:

@@ -20,12 +20,14 @@ if TYPE_CHECKING:
     import dramatiq
 
     from worker.app import App
+    from worker.config import Settings
     from worker.health import HealthServer
     from worker.scheduling.scheduler import SchedulerService
 
 log = get_logger("worker.run")
 # Workers finish the message in hand within the actor time limit; wait a little longer.
 STOP_MARGIN_S = 15.0
+PREFLIGHT_TIMEOUT_S = 5.0
 
 
 class Role(StrEnum):
@@ -62,9 +64,9 @@ def run(
     from worker.app import App
     from worker.rules.book import RELOAD_INTERVAL_S
 
+    _api_answers(settings)
     built = App.build(settings, rulebook=rules)
     try:
-        _api_answers(built)
         health = _health(built, settings.metrics_port)
     except BaseException:
         built.close()
@@ -117,16 +119,20 @@ def _redis_answers(url: str) -> None:
     connect(url).ping()
 
 
-def _api_answers(built: App) -> None:
+def _api_answers(settings: Settings) -> None:
     """One cheap find before starting: a setup the API refuses ends here with one line (exit 3).
 
     An API that is only down or busy (refused, timeout, 429, 5xx) is waited out like any
-    outage later on: the scheduler retries and /readyz says so.
+    outage later on: the scheduler retries and /readyz says so. The probe has its own
+    client: one attempt, a short timeout, no shared pause to wait on, so a standby that
+    starts during an outage is ready to take over at once.
     """
     from worker.api import errors
+    from worker.api.client import ApiClient
     from worker.api.services import CONVERSATIONS
 
-    client = built.runtime.api.client
+    timeout_s = min(settings.http_timeout_s, PREFLIGHT_TIMEOUT_S)
+    client = ApiClient.from_settings(settings, read_retries=0, timeout_s=timeout_s)
     try:
         client.find_page(CONVERSATIONS, {"organization_id": client.organization_id, "$limit": 1})
     except (
@@ -139,6 +145,8 @@ def _api_answers(built: App) -> None:
         raise  # a wrong token, organization or URL: waiting will not fix it
     except errors.ApiError as exc:
         log.warning("api_unavailable_at_start", error=str(exc), detail="waiting for it like any outage")
+    finally:
+        client.close()
 
 
 def _health(built: App, port: int) -> HealthServer | None:
