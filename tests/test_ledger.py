@@ -12,6 +12,7 @@ from worker.state.ledger import (
     AUDIT_STREAM,
     ENTRY_PREFIX,
     VERDICT_REDRIVES,
+    BrokerQueues,
     ClaimItem,
     ClaimResult,
     FiringClaim,
@@ -169,9 +170,12 @@ def test_the_verdict_delivery_is_marked(redis_client: redis.Redis, clock: FakeCl
     assert ledger.begin("r:1:x") == (2, True)
 
 
+QUEUES = BrokerQueues(("q.msgs",), "hb", "acks.", ("q",), heartbeat_timeout_ms=15_000)
+
+
 def test_a_queued_message_is_not_redriven(redis_client: redis.Redis, clock: FakeClock) -> None:
     ledger = make(redis_client, clock, max_redrives=1)
-    ledger.queued_in = ("q.msgs",)
+    ledger.queued_in = QUEUES
     ledger.claim("r:1:x", {})
     ledger.note_queued(["r:1:x"], "m1")
     redis_client.hset("q.msgs", "m1", "{}")
@@ -181,6 +185,24 @@ def test_a_queued_message_is_not_redriven(redis_client: redis.Redis, clock: Fake
     redis_client.hdel("q.msgs", "m1")  # the broker lost it
     clock.advance(61)
     assert [k for k, _ in ledger.due_redrives()] == ["r:1:x"]
+
+
+def test_a_message_held_by_a_dead_worker_or_already_started_goes_by_time(
+    redis_client: redis.Redis, clock: FakeClock
+) -> None:
+    """The broker requeues a dead worker's messages only when its maintenance runs; a
+    started item's retry may sit in a dead worker's delay queue: the ledger re-drives both."""
+    ledger = make(redis_client, clock)
+    ledger.queued_in = QUEUES
+    for key, ref in (("r:1:x", "m1"), ("r:2:x", "m2")):
+        ledger.claim(key, {})
+        ledger.note_queued([key], ref)
+        redis_client.hset("q.msgs", ref, "{}")
+    redis_client.zadd("hb", {"w-dead": 1})  # last heartbeat in 1970
+    redis_client.sadd("acks.w-dead.q", "m1")
+    ledger.begin_attempt("r:2:x")
+    clock.advance(61)
+    assert {k for k, _ in ledger.due_redrives()} == {"r:1:x", "r:2:x"}
 
 
 def test_a_firing_failed_at_the_redrive_limit_is_logged_at_warning(

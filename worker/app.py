@@ -20,7 +20,7 @@ from worker.config import Settings
 from worker.health import HealthServer
 from worker.logs import get_logger
 from worker.queue.actors import QUEUE, Actors, declare_actors
-from worker.queue.broker import build_broker, message_hashes
+from worker.queue.broker import broker_queues, build_broker
 from worker.rules.book import Rulebook
 from worker.runtime import Runtime
 from worker.scheduling.scheduler import SchedulerService
@@ -70,7 +70,7 @@ class App:
         )
         broker = build_broker(settings, runtime=runtime)
         # The re-drive tells a message queued behind a backlog from a lost one by asking the broker.
-        runtime.ledger.queued_in = message_hashes(settings, QUEUE)
+        runtime.ledger.queued_in = broker_queues(settings, QUEUE)
         return cls(runtime, broker, declare_actors(broker))
 
     def loop(self) -> Loop:

@@ -63,6 +63,7 @@ from worker.queue.middleware import (
     RuntimeProvider,
 )
 from worker.runtime import Runtime
+from worker.state.ledger import BrokerQueues
 from worker.state.redis_conn import connect
 
 DEFAULT_QUEUE = "default"
@@ -92,13 +93,20 @@ def default_middleware(
     ]
 
 
-def message_hashes(settings: Settings, queue: str) -> tuple[str, ...]:
-    """The Redis broker's hashes holding `queue`'s queued and delayed messages, when that
-    broker lives on the ledger's Redis (else () : RabbitMQ, or a broker on another server)."""
+def broker_queues(settings: Settings, queue: str) -> BrokerQueues | None:
+    """Where the Redis broker keeps `queue`'s messages, when it lives on the ledger's Redis
+    (None for RabbitMQ or a broker on another server: the re-drive then goes by time)."""
     url = settings.broker_url or settings.redis_url
     if url.startswith(AMQP_SCHEMES) or (settings.broker_url and settings.broker_url != settings.redis_url):
-        return ()
-    return (f"{REDIS_NAMESPACE}:{queue}.msgs", f"{REDIS_NAMESPACE}:{queue}.DQ.msgs")
+        return None
+    names = (queue, f"{queue}.DQ")
+    return BrokerQueues(
+        message_hashes=tuple(f"{REDIS_NAMESPACE}:{name}.msgs" for name in names),
+        heartbeats=f"{REDIS_NAMESPACE}:__heartbeats__",
+        acks_prefix=f"{REDIS_NAMESPACE}:__acks__.",
+        queue_names=names,
+        heartbeat_timeout_ms=HEARTBEAT_TIMEOUT_MS,
+    )
 
 
 def build_broker(

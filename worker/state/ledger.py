@@ -47,6 +47,7 @@ half-written claim.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -84,6 +85,25 @@ VERDICT_REDRIVES = 3
 # "waiting": a later action of a firing, until the action before it is applied.
 State = Literal["waiting", "pending", "done", "failed"]
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class BrokerQueues:
+    """Where the Redis broker keeps a queue's messages and its workers' unacked ones.
+
+    Lets the re-drive tell an item queued behind a backlog from one whose message
+    is gone or sits with a dead worker (dramatiq's Redis layout, see its dispatch.lua).
+    """
+
+    message_hashes: tuple[str, ...]  # "<ns>:<queue>.msgs" for the queue and its delay queue
+    heartbeats: str  # "<ns>:__heartbeats__": worker id -> last heartbeat (ms)
+    acks_prefix: str  # "<ns>:__acks__.": + "<worker id>.<queue>" = a worker's unacked messages
+    queue_names: tuple[str, ...]
+    heartbeat_timeout_ms: int
+
+    def lua_args(self) -> list[str]:
+        cutoff_ms = int(time.time() * 1000) - self.heartbeat_timeout_ms  # dramatiq beats on wall time
+        return [self.acks_prefix, str(cutoff_ms), *self.queue_names]
 
 
 @dataclass(frozen=True)
@@ -301,26 +321,41 @@ return out
 _DUE_REDRIVES = (
     _CHAIN_LUA
     + """
--- KEYS: redrive, audit, then the broker's message hashes (queued, delayed)
+-- KEYS: redrive, audit, then (when the broker is known) its heartbeats and message hashes
 -- ARGV: now, limit, next_at, max_redrives, entry_prefix, maxlen, verdict_redrives,
---       inflight_prefix, outcome of the later actions, ttl
+--       inflight_prefix, outcome of the later actions, ttl,
+--       then acks prefix, dead-worker heartbeat cutoff (ms), queue names...
 local keys = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local dead = {}
+if #KEYS > 3 then dead = redis.call('zrangebyscore', KEYS[3], 0, ARGV[12]) end
+local function in_dead_hands(msg)
+  for _, worker in ipairs(dead) do
+    for i = 13, #ARGV do
+      if redis.call('sismember', ARGV[11] .. worker .. '.' .. ARGV[i], msg) == 1 then return true end
+    end
+  end
+  return false
+end
 local out = {}
 for _, key in ipairs(keys) do
   local entry = ARGV[5] .. key
   local e = redis.call('hmget', entry, 'state', 'payload', 'redrives', 'rule_id', 'conversation_id',
     'attempts', 'msg')
+  -- Queued: never started, its message still in the broker and not held by a dead worker
+  -- (the broker requeues those only when its maintenance happens to run). Started items
+  -- keep the time rule: begin_attempt pushes their re-drive time.
   local queued = false
-  if e[7] then
-    for i = 3, #KEYS do
+  if e[7] and tonumber(e[6] or '0') == 0 then
+    for i = 4, #KEYS do
       if redis.call('hexists', KEYS[i], e[7]) == 1 then queued = true end
     end
+    if queued and in_dead_hands(e[7]) then queued = false end
   end
   local redrives = tonumber(e[3] or '0')
   if e[1] ~= 'pending' then
     redis.call('zrem', KEYS[1], key)
   elseif queued then
-    -- Its message is still queued, delayed or in a worker's hands: behind a backlog, not lost.
+    -- Its message waits in the broker behind a backlog: queued, not lost.
     redis.call('zadd', KEYS[1], ARGV[3], key)
   elseif redrives >= tonumber(ARGV[4]) + tonumber(ARGV[7]) then
     -- Even the read-back-before-failing messages were lost: end it, visibly.
@@ -393,9 +428,9 @@ class Ledger:
         self._due = client.register_script(_DUE_REDRIVES)
         self._reopen = client.register_script(_REOPEN)
         self._note_queued = client.register_script(_NOTE_QUEUED)
-        # The broker's message hashes on this Redis (set by the app when the broker is
-        # the Redis one here): a pending item whose message is in one is queued, not lost.
-        self.queued_in: tuple[str, ...] = ()
+        # The Redis broker's queues on this Redis (set by the app when the broker lives
+        # here): a never-started item whose message waits in one is queued, not lost.
+        self.queued_in: BrokerQueues | None = None
 
     def _now(self, now: datetime | None) -> float:
         return to_epoch(now or self._clock.now())
@@ -565,8 +600,13 @@ class Ledger:
         failed here with reason ``redrive_limit``.
         """
         at = self._now(now)
+        broker = self.queued_in
         flat = self._due(
-            keys=[REDRIVE_KEY, AUDIT_STREAM, *self.queued_in],
+            keys=[
+                REDRIVE_KEY,
+                AUDIT_STREAM,
+                *((broker.heartbeats, *broker.message_hashes) if broker else ()),
+            ],
             args=[
                 repr(at),
                 limit,
@@ -580,6 +620,7 @@ class Ledger:
                     {"result": "skipped", "reason": "not run: an earlier action failed (redrive_limit)"}
                 ),
                 self.ttl_s,
+                *(broker.lua_args() if broker else ()),
             ],
         )
         raw = [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
