@@ -17,7 +17,7 @@ The code below (`outcomes`, `left_for_redrive`) is this list.
   ``busy_retry_ms`` (`worker/state/locks.py`) -> unchanged.
 - retries ran out on a transient error, Redis away, or AgeLimit dropped the message: the
   ledger's re-drive (scheduler), every ``redrive_after_s``, ``max_redrives`` times, never while
-  its message is still in the broker (queued, delayed, in flight) -> stays ``pending``; then a
+  it has not started and its message waits in the broker (not with a dead worker) -> stays ``pending``; then a
   verdict delivery reads back and re-checks: ``done`` / ``skipped`` when applied or moot, else
   ``failed`` "redrive_limit" without acting (`recheck.out_of_redrives`).
 - retries ran out on a permanent error, or a malformed queue message (``throws=``): nobody

@@ -591,10 +591,10 @@ class Ledger:
         """Pending claims past their re-drive time, as (key, payload), rescheduled atomically.
 
         Each returned firing must be re-enqueued by the caller; it comes back
-        again after `redrive_after_s` if still pending. A firing whose message is
-        still in the broker (`queued_in`: queued behind a backlog, delayed for a
-        retry, in a worker's hands) is not lost: its time is pushed back and no
-        re-drive is spent. After `max_redrives` re-drives the next delivery is a
+        again after `redrive_after_s` if still pending. A firing that never started
+        and whose message still waits in the broker (`queued_in`: queued behind a
+        backlog, or prefetched by a live worker) is not lost: its time is pushed
+        back and no re-drive is spent. After `max_redrives` re-drives the next delivery is a
         verdict (`begin`): it reads back and fails the item only when the effect is
         not there; only when that too is lost `VERDICT_REDRIVES` times is the item
         failed here with reason ``redrive_limit``.
