@@ -21,6 +21,7 @@ from bench.common import (
     command_line,
     lead,
     ratio,
+    redis_round_trips,
     report,
     served,
     start_watermark_now,
@@ -49,6 +50,7 @@ class ActionResult:
     bulk_calls: int
     read_backs: int
     ours_seconds: float
+    redis_trips_per_step: float
     naive_calls: int
     naive_seconds: float
     assigned_ours: int
@@ -68,8 +70,8 @@ def _assigned(bench: Bench) -> int:
         return sum(1 for r in bench.sim.store.conversations.records.values() if r["owner_id"] == OWNER)
 
 
-def ours(k: int) -> tuple[int, int, int, float, int]:
-    """(steps, bulk calls, read-back calls, seconds executing, conversations assigned)."""
+def ours(k: int) -> tuple[int, int, int, float, float, int]:
+    """(steps, bulk calls, read-back calls, seconds executing, Redis round trips per step, assigned)."""
     with served() as bench:
         transport = CountingTransport()
         collector = Collector()
@@ -79,11 +81,13 @@ def ours(k: int) -> tuple[int, int, int, float, int]:
         loop.poll_once()
         transport.reset()
         started = time.perf_counter()
-        for step in collector.steps:
-            execute(loop.runtime, step)
+        with redis_round_trips() as trips:
+            for step in collector.steps:
+                execute(loop.runtime, step)
         seconds = time.perf_counter() - started
         bulk = transport.calls("POST", BULK_PATH)
-        return len(collector.steps), bulk, transport.total - bulk, seconds, _assigned(bench)
+        per_step = len(trips) / max(len(collector.steps), 1)
+        return len(collector.steps), bulk, transport.total - bulk, seconds, per_step, _assigned(bench)
 
 
 def naive(k: int) -> tuple[int, float, int]:
@@ -98,14 +102,16 @@ def naive(k: int) -> tuple[int, float, int]:
 
 
 def measure(k: int) -> ActionResult:
-    steps, bulk, reads, seconds, assigned = ours(k)
+    steps, bulk, reads, seconds, trips, assigned = ours(k)
     naive_calls, naive_seconds, naive_assigned = naive(k)
-    return ActionResult(k, steps, bulk, reads, seconds, naive_calls, naive_seconds, assigned, naive_assigned)
+    return ActionResult(
+        k, steps, bulk, reads, seconds, trips, naive_calls, naive_seconds, assigned, naive_assigned
+    )
 
 
 COLUMNS = [
     "k", "bulk steps", "ours bulk calls", "goal ceil(k/50)", "ours read-back calls", "naive calls (= k)",
-    "call ratio", "ours ms", "naive ms", "assigned ours/naive",
+    "call ratio", "ours ms", "naive ms", "wall ratio", "Redis round trips per step", "assigned ours/naive",
 ]  # fmt: skip
 
 
@@ -115,6 +121,7 @@ def table(results: Sequence[ActionResult]) -> Table:
         out.add(
             r.k, r.steps, r.bulk_calls, ceil_div(r.k, PAGE), r.read_backs, r.naive_calls,
             ratio(r.naive_calls, r.bulk_calls), 1000 * r.ours_seconds, 1000 * r.naive_seconds,
+            ratio(r.naive_seconds, r.ours_seconds), r.redis_trips_per_step,
             f"{r.assigned_ours}/{r.assigned_naive}",
         )  # fmt: skip
     return out

@@ -84,6 +84,36 @@ class CountingTransport(httpx.HTTPTransport):
         self.bytes_in = 0
 
 
+@contextmanager
+def redis_round_trips() -> Iterator[list[str]]:
+    """Counts every round trip to Redis while inside: single commands and whole pipelines."""
+    trips: list[str] = []
+    single, whole = redis.Redis.execute_command, redis.client.Pipeline.execute
+    immediate = redis.client.Pipeline.immediate_execute_command
+
+    def count_single(self: redis.Redis, *args: Any, **kw: Any) -> Any:
+        trips.append(str(args[0]))
+        return single(self, *args, **kw)
+
+    def count_pipeline(self: redis.client.Pipeline, *args: Any, **kw: Any) -> Any:
+        trips.append("pipeline")
+        return whole(self, *args, **kw)
+
+    def count_immediate(self: redis.client.Pipeline, *args: Any, **kw: Any) -> Any:
+        trips.append(str(args[0]))
+        return immediate(self, *args, **kw)
+
+    redis.Redis.execute_command = count_single  # type: ignore[method-assign]
+    redis.client.Pipeline.execute = count_pipeline  # type: ignore[method-assign]
+    redis.client.Pipeline.immediate_execute_command = count_immediate  # type: ignore[method-assign]
+    try:
+        yield trips
+    finally:
+        redis.Redis.execute_command = single  # type: ignore[method-assign]
+        redis.client.Pipeline.execute = whole  # type: ignore[method-assign]
+        redis.client.Pipeline.immediate_execute_command = immediate  # type: ignore[method-assign]
+
+
 def _service(path: str) -> str:
     """`/conversations/12` -> `/conversations`: count per service, not per record."""
     parts = path.split("/")

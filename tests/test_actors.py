@@ -121,7 +121,9 @@ def test_actors_execute_every_kind(simulator: SimulatorHandle, start: Start) -> 
     harness = start(RULES)
     ids = customers_waiting(simulator, 3)
     steps = plan_and_claim(harness.runtime, ids)
-    assert sorted(s.kind for s in steps) == ["automation"] * 3 + ["bulk"] + ["message"] * 3
+    # Replies with the same action share one step (read in one batch, sent one by one).
+    assert sorted(s.kind for s in steps) == ["automation"] * 3 + ["bulk", "message"]
+    assert [len(s.items) for s in steps if s.kind == "message"] == [3]
     for step in steps:
         harness.actors.enqueue(step)
     harness.join()

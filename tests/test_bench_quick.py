@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from bench import action_cost, eval_throughput, growth, latency, poll_cost, throughput
+from bench import action_cost, eval_throughput, growth, latency, poll_cost, read_cost, throughput
 
 QUICK = ["--quick", "--no-save"]
 
@@ -33,6 +33,17 @@ def test_action_cost_is_one_bulk_call_per_50() -> None:
         assert result.read_backs == math.ceil(result.k / 50)
         assert result.naive_calls == result.k
         assert result.assigned_ours == result.assigned_naive == result.k
+        assert result.redis_trips_per_step <= 12  # constant per step, whatever its size (≤ 50 items)
+
+
+@pytest.mark.slow
+def test_read_cost_batches_reads_and_sends() -> None:
+    resync, _, sends = read_cost.main(QUICK)
+    for row in resync:
+        assert row.naive is not None and row.cold * 5 < row.naive  # batched, not one by one
+        assert row.after_own == row.warm < row.cold  # nothing moved or only our replies: no read
+    for send in sends:
+        assert send.posts == send.k and send.per_reply <= 1.1
 
 
 @pytest.mark.slow

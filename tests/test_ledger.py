@@ -3,6 +3,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+import pytest
 import redis
 
 from tests.support.hostile_loop import capture_logs, events
@@ -323,3 +324,45 @@ def test_the_next_action_waits_for_the_one_before(redis_client: redis.Redis, clo
     last = ledger.get("r:1:a#2")
     assert last is not None and last.state == "done" and last.outcome["result"] == "skipped"
     assert "not run" in last.outcome["reason"] and ledger.pending_count() == 0
+
+
+def _round_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every round trip to Redis: single commands and whole pipelines."""
+    trips: list[str] = []
+    single = redis.Redis.execute_command
+    whole = redis.client.Pipeline.execute
+    immediate = redis.client.Pipeline.immediate_execute_command
+
+    def count_single(self: redis.Redis, *args: object, **kw: object) -> object:
+        trips.append(str(args[0]))
+        return single(self, *args, **kw)  # type: ignore[arg-type]
+
+    def count_pipeline(self: redis.client.Pipeline, *args: object, **kw: object) -> object:
+        trips.append("pipeline")
+        return whole(self, *args, **kw)  # type: ignore[arg-type]
+
+    def count_immediate(self: redis.client.Pipeline, *args: object, **kw: object) -> object:
+        trips.append(str(args[0]))
+        return immediate(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(redis.Redis, "execute_command", count_single)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", count_pipeline)
+    monkeypatch.setattr(redis.client.Pipeline, "immediate_execute_command", count_immediate)
+    return trips
+
+
+@pytest.mark.parametrize("items", [5, 50])
+def test_a_step_begins_all_of_its_items_in_constant_round_trips(
+    redis_client: redis.Redis, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, items: int
+) -> None:
+    ledger = Ledger(redis_client, clock, ttl_s=3600)
+    keys = [f"r:{n}:c#0" for n in range(items)]
+    for key in keys:
+        ledger.claim(key, {})
+    ledger.begin_many(keys[:1])  # scripts loaded once per process
+    trips = _round_trips(monkeypatch)
+    assert ledger.begin_many(keys[1:]) == [(1, False)] * (items - 1)
+    assert len(trips) <= 2, trips  # one pipeline (plus a script check at most)
+    for key in keys:
+        ledger.mark_done(key)
+    assert ledger.begin_many(keys) == [None] * items  # finished items never begin again

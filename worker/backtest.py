@@ -38,20 +38,22 @@ measure an SLA; a warning tier (80%) is not a breach.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from worker.api.models import Contact, Conversation, Message
 from worker.api.services import Services
+from worker.config import MAX_PAGE_SIZE
 from worker.rules.actions import tag_delta_words
 from worker.rules.conditions.sla import SlaCondition
-from worker.rules.context import utc
+from worker.rules.context import Pauses, utc
 from worker.rules.evaluator import InMemoryState, Match, Snapshot, evaluate
 from worker.rules.firing import Step
 from worker.rules.model import Rule, RuleSet
 from worker.scheduling.planning import PlanContext, all_steps, plan
+from worker.scheduling.snapshots import rule_window
 
 DEFAULT_LATENCY = timedelta(seconds=60)
 SLA_CONDITIONS = frozenset({"waiting_for_reply", "age"})
@@ -61,11 +63,13 @@ MAX_STEPS_PER_GAP = 1000  # due-times between two events (a guard; real rule set
 
 @dataclass(frozen=True)
 class History:
-    """One conversation as read now, with all its messages (oldest first)."""
+    """One conversation as read now, with all its messages (oldest first) and the SLA pauses
+    the worker recorded for it (the loop's record, so SLA rules see what the loop saw)."""
 
     conversation: Conversation
     messages: tuple[Message, ...]
     contact: Contact | None = None
+    pauses: Pauses = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,10 +136,40 @@ def _firing_dict(f: Firing) -> dict[str, Any]:
 # --- reading (read-only) ---------------------------------------------------------------------
 
 
-def fetch_histories(api: Services, since: datetime, *, contacts: bool = False) -> Iterator[History]:
-    """Conversations changed since `since`, each with every message (finds only, 50 per page)."""
+PauseReader = Callable[[Sequence[Conversation]], Mapping[int, Pauses]]
+
+
+def fetch_histories(
+    api: Services, since: datetime, *, contacts: bool = False, pauses: PauseReader | None = None
+) -> Iterator[History]:
+    """Conversations changed since `since`, each with every message and the recorded pauses.
+
+    Finds only, in batches of 50 conversations: their messages with one paged
+    ``conversation_id[$in]`` find per channel, their contacts with one ``id[$in]`` find.
+    """
+    batch: list[Conversation] = []
     for conversation in api.conversations.changed_since(since):
-        yield history_of(api, conversation, contacts=contacts)
+        batch.append(conversation)
+        if len(batch) == MAX_PAGE_SIZE:
+            yield from _histories(api, batch, contacts, pauses)
+            batch = []
+    if batch:
+        yield from _histories(api, batch, contacts, pauses)
+
+
+def _histories(
+    api: Services, batch: Sequence[Conversation], contacts: bool, pauses: PauseReader | None
+) -> Iterator[History]:
+    messages: dict[int, list[Message]] = defaultdict(list)
+    for channel in sorted({c.channel for c in batch}):
+        ids = [c.id for c in batch if c.channel == channel]
+        for message in api.messages.of_conversations(channel, ids):
+            messages[message.conversation_id].append(message)
+    people = api.contacts.by_ids(c.contact_id for c in batch if c.contact_id is not None) if contacts else {}
+    recorded = pauses(batch) if pauses is not None else {}
+    for c in batch:
+        contact = people.get(c.contact_id) if c.contact_id is not None else None
+        yield History(c, tuple(messages[c.id]), contact, recorded.get(c.id, {}))
 
 
 def history_of(api: Services, conversation: Conversation, *, contacts: bool = False) -> History:
@@ -150,7 +184,7 @@ def history_of(api: Services, conversation: Conversation, *, contacts: bool = Fa
 # --- reconstruction --------------------------------------------------------------------------
 
 
-def state_at(history: History, t: datetime) -> Snapshot:
+def state_at(history: History, t: datetime, customer_text: bool = True) -> Snapshot:
     """The conversation as the worker would have read it at `t` (see the module docstring)."""
     conv = history.conversation
     seen = [m for m in history.messages if (utc(m.created_at) or t) <= t]
@@ -172,8 +206,18 @@ def state_at(history: History, t: datetime) -> Snapshot:
         "assigned_at": assigned if owned else None,
         "updated_at": t,
     }
-    newest_first = tuple(reversed(seen))[:50]
-    return Snapshot(conv.model_copy(update=fields), newest_first, history.contact)
+    record = conv.model_copy(update=fields)
+    # The window the loop reads (`customer_text`: the rule set reads the customer's last message).
+    newest_first = rule_window(record, tuple(reversed(seen)), customer_text)
+    return Snapshot(record, newest_first, history.contact, pauses_at(history.pauses, t))
+
+
+def pauses_at(pauses: Pauses, t: datetime) -> Pauses:
+    """The recorded pauses as they stood at `t`: begun by then, and open if they ended later."""
+    return {
+        policy: [(a, None if b is None or b > t else b) for a, b in intervals if a <= t]
+        for policy, intervals in pauses.items()
+    }
 
 
 def events(history: History) -> list[tuple[datetime, str]]:
@@ -231,7 +275,9 @@ def _replay_one(
     for index, (t, _kind) in enumerate(changes):
         end = instants[index + 1] if index + 1 < len(instants) else until
         for at in _instants(ruleset, history, t, min(end, until)):
-            for match in evaluate(ruleset, state_at(history, at), at, state).matches:
+            for match in evaluate(
+                ruleset, state_at(history, at, ruleset.reads_customer_text), at, state
+            ).matches:
                 if match.firing_key in fired:
                     continue
                 fired.add(match.firing_key)
@@ -249,7 +295,7 @@ def _instants(ruleset: RuleSet, history: History, start: datetime, end: datetime
         if at >= end and at != start:
             return
         yield at
-        due = evaluate(ruleset, state_at(history, at), at).earliest_due
+        due = evaluate(ruleset, state_at(history, at, ruleset.reads_customer_text), at).earliest_due
         if due is None or due >= end or due <= at:
             return
         at = due
@@ -265,7 +311,7 @@ def _firing(
 ) -> Firing:
     rule = ruleset.get(match.rule_id)
     assert rule is not None
-    snapshot = state_at(history, at)
+    snapshot = state_at(history, at, ruleset.reads_customer_text)
     return Firing(
         rule_id=match.rule_id,
         conversation_id=history.conversation.id,
@@ -306,7 +352,7 @@ def _moot_by(
     for t, kind in changes:
         if not at < t <= at + latency:
             continue
-        again = evaluate(ruleset, state_at(history, t), t).matches
+        again = evaluate(ruleset, state_at(history, t, ruleset.reads_customer_text), t).matches
         if not any(m.rule_id == rule.id and m.firing_key == match.firing_key for m in again):
             return f"{kind} at {t.isoformat()}"
     return None

@@ -11,7 +11,7 @@ import pytest
 from worker.api.models import Conversation, Message
 from worker.rules import Snapshot, evaluate, load_texts
 from worker.rules.context import EvalContext
-from worker.rules.sla import PAUSES_FIELD, SlaPolicy, clocks, deadline, elapsed, update_pauses
+from worker.rules.sla import SlaPolicy, clocks, deadline, elapsed, update_pauses
 
 CAL = """
 calendars:
@@ -171,8 +171,8 @@ def test_first_response_tiers_fire_at_their_deadlines_not_before() -> None:
 
 def test_recorded_pauses_move_the_deadline() -> None:
     conv = _conv(pipeline_stage_id=12, stage_entered_at=WED_10 + timedelta(minutes=50))
-    setattr(conv, PAUSES_FIELD, {"std": [(WED_10 + timedelta(minutes=20), WED_10 + timedelta(minutes=50))]})
-    ev = evaluate(RULESET, Snapshot(conv, []), WED_10 + timedelta(minutes=55))
+    pauses = {"std": [(WED_10 + timedelta(minutes=20), WED_10 + timedelta(minutes=50))]}
+    ev = evaluate(RULESET, Snapshot(conv, [], sla_pauses=pauses), WED_10 + timedelta(minutes=55))
     assert ev.next_due["sla-std-first-response-100"] == WED_10 + timedelta(minutes=90)
     paused = _conv(pipeline_stage_id=13, stage_entered_at=WED_10 + timedelta(minutes=20))
     ev = evaluate(RULESET, Snapshot(paused, []), WED_10 + timedelta(minutes=30))

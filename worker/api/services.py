@@ -7,8 +7,8 @@ its path, the query the app itself would send, and where `organization_id` goes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from worker.api.client import ApiClient, parse_record
@@ -48,6 +48,15 @@ SEND_PATHS: dict[str, str] = {
 }
 NEWEST_FIRST = {"created_at": -1, "_id": -1}
 OLDEST_FIRST = {"created_at": 1, "_id": 1}
+
+
+def _within(message: Message, window: tuple[datetime | None, bool]) -> bool:
+    start, strict = window
+    at = message.created_at
+    if start is None or at is None:
+        return True
+    at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    return at > start if strict else at >= start
 
 
 def messages_path(channel: str) -> str:
@@ -101,13 +110,23 @@ class ConversationsService:
 
 
 class ContactsService:
-    """`/contacts`: get."""
+    """`/contacts`: get, and find by `id[$in]` (50 per request)."""
 
     def __init__(self, client: ApiClient) -> None:
         self._client = client
 
     def get(self, contact_id: int) -> Contact:
         return parse_record(Contact, self._client.get(CONTACTS, contact_id), CONTACTS)
+
+    def by_ids(self, contact_ids: Iterable[int]) -> dict[int, Contact]:
+        """Contacts by id, one `id[$in]` find per 50 ids; ids not found are absent (deleted)."""
+        wanted = sorted(set(contact_ids))
+        found: dict[int, Contact] = {}
+        for start in range(0, len(wanted), MAX_PAGE_SIZE):
+            query = {"id": {"$in": wanted[start : start + MAX_PAGE_SIZE]}}
+            for contact in self._client.find_all_as(Contact, CONTACTS, query):
+                found[contact.id] = contact
+        return found
 
 
 class MessagesService:
@@ -130,6 +149,43 @@ class MessagesService:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
         query = {"conversation_id": conversation_id, "$sort": NEWEST_FIRST, "$limit": limit}
         return self._client.find_page(messages_path(channel), query).data
+
+    def since_many(
+        self, channel: str, windows: Mapping[int, tuple[datetime | None, bool]], *, notes: bool = True
+    ) -> dict[int, list[Message]]:
+        """Messages of up to 50 conversations, each created after its own instant, newest first, in
+        one find: ``$or`` of ``(conversation_id, created_at > or >= start)`` pairs (a window is
+        ``(start, strict)``; start None: every message), paged until every match is read (a
+        conversation may have more than 50 new ones). `notes=False` leaves internal notes out."""
+        if not 1 <= len(windows) <= MAX_PAGE_SIZE:
+            raise ValueError(f"since_many takes 1 to {MAX_PAGE_SIZE} conversations, got {len(windows)}")
+        branches: list[dict[str, Any]] = []
+        for cid, (start, strict) in sorted(windows.items()):
+            branch: dict[str, Any] = {"conversation_id": cid}
+            if start is not None:
+                branch["created_at"] = {"$gt" if strict else "$gte": start}
+            branches.append(branch)
+        query: dict[str, Any] = {"$or": branches}
+        if not notes:
+            query["message_type"] = {"$ne": "note"}
+        out: dict[int, list[Message]] = {cid: [] for cid in windows}
+        path = messages_path(channel)
+        found = self._client.find_all_as(Message, path, query, sort=NEWEST_FIRST, id_key="_id")
+        for message in found:
+            # A server that ignores part of the filter must not mix conversations or windows.
+            keep = notes or message.message_type != "note"
+            if keep and message.conversation_id in out and _within(message, windows[message.conversation_id]):
+                out[message.conversation_id].append(message)
+        return out
+
+    def of_conversations(self, channel: str, conversation_ids: Sequence[int]) -> Iterator[Message]:
+        """Every message of up to 50 conversations, oldest first: one paged `conversation_id[$in]` find."""
+        if not 1 <= len(conversation_ids) <= MAX_PAGE_SIZE:
+            raise ValueError(f"of_conversations takes 1 to {MAX_PAGE_SIZE} ids, got {len(conversation_ids)}")
+        query = {"conversation_id": {"$in": sorted(set(conversation_ids))}}
+        return self._client.find_all_as(
+            Message, messages_path(channel), query, sort=OLDEST_FIRST, id_key="_id"
+        )
 
     def all_for(self, channel: str, conversation_id: int) -> Iterator[Message]:
         """Every message of a conversation, oldest first."""

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from worker.cli import app
 from worker.cli.common import settings_or_exit
 from worker.cli.progress import track
+
+if TYPE_CHECKING:
+    from worker.api.models import Conversation
+    from worker.backtest import PauseReader
+    from worker.config import Settings
+    from worker.rules.context import Pauses
+    from worker.rules.model import RuleSet
 
 
 @app.command("backtest")
@@ -24,7 +33,7 @@ def backtest(
     """Replay recent conversations through RULES and report what would have fired (read-only)."""
     from worker.api.client import ApiClient
     from worker.api.services import Services
-    from worker.backtest import format_table, history_of, replay
+    from worker.backtest import fetch_histories, format_table, replay
     from worker.rules.durations import DurationError, parse_duration
     from worker.rules.loader import load_rules
 
@@ -43,11 +52,10 @@ def backtest(
     ruleset = loaded.ruleset
     api = Services(ApiClient.from_settings(settings))
     # An API failure ends the command through worker.cli.failures (one line, exit 3).
-    changed = list(track(api.conversations.changed_since(start), "reading changed conversations", None))
-    histories = [
-        history_of(api, c, contacts=ruleset.needs_contact)
-        for c in track(changed, "reading messages", len(changed))
-    ]
+    pauses = _pause_reader(settings, ruleset, now)
+    found = fetch_histories(api, start, contacts=ruleset.needs_contact, pauses=pauses)
+    # Read 50 conversations at a time (their messages and contacts in one find each).
+    histories = list(track(found, "reading conversations and messages", None))
     report = replay(ruleset, histories, start, now, latency=delay)
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_table(report))
 
@@ -60,3 +68,23 @@ def _since(value: str, now: datetime) -> datetime:
         return now - parse_duration(value)
     when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _pause_reader(settings: Settings, ruleset: RuleSet, now: datetime) -> PauseReader | None:
+    """The loop's SLA pause record (read only), when the worker's Redis is configured."""
+    if not settings.redis_url:
+        return None
+    import redis as redis_lib
+
+    from worker.state.redis_conn import connect
+    from worker.state.sla_pauses import SlaPauses
+
+    record = SlaPauses(connect(settings.redis_url))
+
+    def read(conversations: Sequence[Conversation]) -> Mapping[int, Pauses]:
+        try:
+            return record.read(ruleset, conversations, now)
+        except redis_lib.RedisError:
+            return {}  # no record: only the current pause counts, as without Redis
+
+    return read

@@ -37,10 +37,11 @@ from worker.rules.context import EvalContext
 from worker.rules.durations import DurationError, parse_duration
 from worker.rules.firing import Step, action_index, firing_of
 from worker.rules.model import RuleSet
-from worker.scheduling.snapshots import read_snapshot
+from worker.scheduling.snapshots import SnapshotReader
 from worker.simulator import Simulator, serve
 from worker.state.ledger import AUDIT_STREAM, LedgerEntry
 from worker.state.redis_conn import connect
+from worker.state.sla_pauses import SlaPauses
 
 DEMO_TOKEN = "demo-token"
 # A Tuesday morning in the support team's hours (rules/calendars.yaml), no holiday.
@@ -317,12 +318,13 @@ class Narrator:
         runtime = self.built.runtime
         try:
             record = runtime.api.conversations.get(int(entry.conversation_id))
-            snapshot = read_snapshot(runtime.api, self.ruleset, record)
+            reader = SnapshotReader(runtime.api, SlaPauses(runtime.redis))
+            snapshot = reader.read_one(self.ruleset, record, entry.claimed_at)
         except ApiError:
             return pools
         if snapshot is None:
             return pools
-        ctx = EvalContext(record, entry.claimed_at, snapshot.messages, snapshot.contact)
+        ctx = EvalContext(record, entry.claimed_at, snapshot.messages, snapshot.contact, snapshot.sla_pauses)
         return [*dict.fromkeys(pools), *why_words(rule, ctx)]
 
     def summary(self) -> None:

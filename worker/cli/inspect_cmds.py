@@ -49,19 +49,22 @@ def explain(
     from worker.api.services import Services
     from worker.rules.evaluator import evaluate
     from worker.rules.explain import format_explanation
-    from worker.scheduling.snapshots import read_snapshot
+    from worker.scheduling.snapshots import SnapshotReader
 
     settings = settings_or_exit(needs_token=True)
     rules = rulebook_or_exit(settings.rules_path)
     api = Services(ApiClient.from_settings(settings))
+    now = _parse_time(at) or datetime.now(UTC)
     shared = connect(settings.redis_url) if settings.redis_url else None
+    # The loop's reader: the same messages, contact and SLA pauses the worker evaluates.
+    reader = SnapshotReader(api, SlaPauses(shared) if shared is not None else None)
     try:
         record = api.conversations.get(conversation)
         if shared is not None:  # the owner and stage times the worker observed (read only)
             record = Observations(shared, SystemClock(), ttl_s=settings.ledger_ttl_s).apply(
                 [record], record=False
             )[0]
-        snapshot = read_snapshot(api, rules.ruleset, record)
+        snapshot = reader.read_one(rules.ruleset, record, now)
     except NotFound as exc:
         if exc.message.lstrip().startswith("<"):
             raise  # an HTML 404: a wrong API URL, not a missing conversation
@@ -72,9 +75,6 @@ def explain(
             f"inboxpilot: cannot read the messages or contact of conversation {conversation}", err=True
         )
         raise typer.Exit(1)
-    now = _parse_time(at) or datetime.now(UTC)
-    if shared is not None:  # SLA clocks skip the pauses the worker recorded
-        SlaPauses(shared).attach(rules.ruleset, [record], now)
     evaluation = evaluate(rules.ruleset, snapshot, now, explain=True)
     history = _fired_before(shared, settings.ledger_ttl_s, evaluation) if shared is not None else []
     before = {e["rule"]: _fired_words(e) for e in history}

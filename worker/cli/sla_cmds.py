@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from worker.config import Settings
     from worker.rules.model import RuleSet
     from worker.rules.sla import SlaClock
+    from worker.state.sla_pauses import SlaPauses
 
 SHOWN = ("at_risk", "breached")
 
@@ -57,30 +58,31 @@ def sla_clocks(
     api: Services, ruleset: RuleSet, conversations: Sequence[Conversation], now: datetime, settings: Settings
 ) -> list[SlaClock]:
     """Every running clock of `conversations`, most urgent (least time left) first."""
+    import redis as redis_lib
+
     from worker.rules.context import EvalContext
     from worker.rules.sla import clocks
+    from worker.scheduling.snapshots import SnapshotReader
 
-    _attach_pauses(ruleset, conversations, now, settings)
+    # The loop's reader (batched messages and the pause record); clocks read no contact.
+    try:
+        snapshots = SnapshotReader(api, _pauses(settings)).read(ruleset, conversations, now, contacts=False)
+    except redis_lib.RedisError as exc:
+        typer.echo(f"inboxpilot: no pause record ({exc}); only current pauses are counted", err=True)
+        snapshots = SnapshotReader(api).read(ruleset, conversations, now, contacts=False)
     out: list[SlaClock] = []
-    for conv in track(conversations, "reading messages", len(conversations)):
-        messages = api.messages.latest(conv.channel, conv.id) if ruleset.needs_messages else None
-        out.extend(clocks(ruleset.sla_policies, EvalContext(conv, now, messages)))
+    for snap in snapshots:
+        ctx = EvalContext(snap.conversation, now, snap.messages, None, snap.sla_pauses)
+        out.extend(clocks(ruleset.sla_policies, ctx))
     return sorted(out, key=lambda c: (c.left, c.conversation_id))
 
 
-def _attach_pauses(
-    ruleset: RuleSet, conversations: Sequence[Conversation], now: datetime, settings: Settings
-) -> None:
-    """The worker's pause record, when Redis answers (else only the current pause counts)."""
-    import redis as redis_lib
-
+def _pauses(settings: Settings) -> SlaPauses | None:
+    """The worker's pause record (without Redis only the current pause counts)."""
     from worker.state.redis_conn import connect
     from worker.state.sla_pauses import SlaPauses
 
-    try:
-        SlaPauses(connect(settings.redis_url)).attach(ruleset, conversations, now)
-    except redis_lib.RedisError as exc:
-        typer.echo(f"inboxpilot: no pause record ({exc}); only current pauses are counted", err=True)
+    return SlaPauses(connect(settings.redis_url)) if settings.redis_url else None
 
 
 def render(rows: Iterable[SlaClock], now: datetime, *, as_json: bool) -> str:

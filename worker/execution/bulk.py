@@ -17,6 +17,7 @@ from worker.execution.recheck import (
     moot_reason,
     observe_staleness,
     out_of_redrives,
+    prefetch,
     read_many,
 )
 from worker.execution.registry import executor
@@ -57,7 +58,9 @@ def execute_bulk(runtime: Runtime, step: Step, runs: list[Run]) -> None:
     records, read_at = read_many(runtime, [run.item.conversation_id for run in runs])
     to_check, ready = runs, []
     for _ in range(MAX_RECHECKS):
-        ready += [run for run in to_check if _bulk_needed(runtime, run, records, target)]
+        # What the runs' rules read (messages, contacts, SLA pauses), in batches of 50.
+        states = prefetch(runtime, records, read_at, to_check)
+        ready += [run for run in to_check if _bulk_needed(runtime, run, records, states, target)]
         checked = {run.item.conversation_id: records[run.item.conversation_id] for run in ready}
         moved, records, read_at = changed_since(runtime, checked, read_at)
         to_check = [run for run in ready if run.item.conversation_id in moved]
@@ -87,7 +90,11 @@ def _call(runtime: Runtime, change: BulkChange, remaining: list[Run], read_at: d
 
 
 def _bulk_needed(
-    runtime: Runtime, run: Run, records: Mapping[int, Conversation], target: Mapping[str, Any]
+    runtime: Runtime,
+    run: Run,
+    records: Mapping[int, Conversation],
+    states: Mapping[int, Fresh],
+    target: Mapping[str, Any],
 ) -> bool:
     conversation = records.get(run.item.conversation_id)
     if conversation is None:
@@ -101,7 +108,7 @@ def _bulk_needed(
         return False
     if run.attempt > 1:
         RECONCILIATIONS.labels(result="not_applied").inc()
-    reason = moot_reason(runtime, run, Fresh(runtime, conversation))
+    reason = moot_reason(runtime, run, states[conversation.id])
     if reason is not None:
         finish(runtime, run, "skipped", reason=reason)
         return False

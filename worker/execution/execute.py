@@ -100,10 +100,11 @@ def _execute_locked(runtime: Runtime, step: Step) -> list[Run]:
 
 
 def _begin(runtime: Runtime, step: Step) -> list[Run]:
+    """Every item's attempt begun in one round trip; items already finished are dropped."""
     label = action_label(step)
+    attempts = runtime.ledger.begin_many([item.key for item in step.items])
     runs = []
-    for item in step.items:
-        begun = runtime.ledger.begin(item.key)
+    for item, begun in zip(step.items, attempts, strict=True):
         if begun is None:
             log.debug("firing_already_finished", key=item.key)
             continue

@@ -11,17 +11,16 @@ from dramatiq.errors import Retry
 from jinja2 import TemplateError
 
 from worker.api.errors import NotFound
-from worker.api.models import WINDOWED_CHANNELS, Conversation
+from worker.api.models import WINDOWED_CHANNELS, Conversation, Message
 from worker.execution.attachments import Outgoing, attachment_for, upload_fields
 from worker.execution.policy import outcomes
 from worker.execution.recheck import (
     MAX_RECHECKS,
     Fresh,
-    changed_since,
+    StepStates,
     moot_reason,
     observe_staleness,
     out_of_redrives,
-    read_one,
 )
 from worker.execution.registry import executor
 from worker.execution.runs import Run, StepError, finish, idempotency_key
@@ -33,6 +32,7 @@ from worker.rules.firing import Step, situation_start
 from worker.rules.templates import TemplateRenderError, render, uses_contact
 from worker.runtime import Runtime
 from worker.state.locks import BUSY_RETRY_MS
+from worker.state.own_writes import OwnWrites
 
 WINDOW = timedelta(hours=24)
 # Read-back tolerance between our clock (claimed_at) and the API's (created_at).
@@ -86,14 +86,19 @@ def message_action(data: Mapping[str, Any]) -> ReplyAction | NoteAction:
     return action
 
 
-def reply_text(runtime: Runtime, action: ReplyAction | NoteAction, fresh: Fresh) -> str:
-    """The final text: a predefined message or the action's template, rendered; never `{{ }}`."""
+def raw_text(runtime: Runtime, action: ReplyAction | NoteAction) -> str:
+    """The template to render: the action's text or its predefined message (read once per step)."""
     raw = action.text
     if raw is None and isinstance(action, ReplyAction):
         raw = _predefined_text(runtime, action.predefined)
     if raw is None:
         raise StepError("reply without text or predefined message")
-    # The contact is one more API read per reply: fetch it only when the text uses it.
+    return raw
+
+
+def reply_text(runtime: Runtime, raw: str, fresh: Fresh) -> str:
+    """The final text: `raw` rendered for the conversation; never `{{ }}`."""
+    # The step reads contacts (in one batch) only when the text uses them.
     contact = fresh.contact if _may_use_contact(raw) else None
     text = render(raw, fresh.conversation, contact, _agent(runtime, fresh.conversation))
     if "{{" in text or "}}" in text or not text.strip():
@@ -129,8 +134,8 @@ def _agent(runtime: Runtime, conversation: Conversation) -> dict[str, Any] | Non
     return {"id": conversation.owner_id, "name": agent.name if agent else None}
 
 
-def send_plan(runtime: Runtime, action: ReplyAction | NoteAction, fresh: Fresh) -> SendPlan:
-    text = reply_text(runtime, action, fresh)
+def send_plan(runtime: Runtime, action: ReplyAction | NoteAction, raw: str, fresh: Fresh) -> SendPlan:
+    text = reply_text(runtime, raw, fresh)
     if isinstance(action, NoteAction):
         return SendPlan(text, "note", could_have_sent=frozenset({"note"}))
     possible = frozenset({"text", FALLBACK_TYPES[action.outside_window]})
@@ -148,7 +153,7 @@ def windowed(action: ReplyAction, conversation: Conversation, text: str, now: da
 BEGINNING = datetime.min.replace(tzinfo=UTC)
 
 
-def read_back_since(runtime: Runtime, run: Run, fresh: Fresh) -> datetime:
+def read_back_since(runtime: Runtime, run: Run, conversation: Conversation) -> datetime:
     """The earliest creation time a message of this firing can have.
 
     From the situation's start rather than the ledger's claim, so that a send
@@ -156,7 +161,7 @@ def read_back_since(runtime: Runtime, run: Run, fresh: Fresh) -> datetime:
     """
     rule = runtime.rulebook.ruleset.get(run.item.rule_id)
     if rule is not None:
-        return utc(situation_start(rule.once, fresh.conversation)) or BEGINNING
+        return utc(situation_start(rule.once, conversation)) or BEGINNING
     entry = runtime.ledger.get(run.item.key)
     return (entry.claimed_at if entry else runtime.clock.now()) - CLOCK_SKEW
 
@@ -168,7 +173,7 @@ def already_sent(runtime: Runtime, run: Run, fresh: Fresh, plan: SendPlan) -> bo
     Two situations of one rule send the same text; without the attribution a late
     send of the first would satisfy the second, which would then never be sent.
     """
-    since = read_back_since(runtime, run, fresh)
+    since = read_back_since(runtime, run, fresh.conversation)
     return any(
         runtime.sent.attribute_if_free(fresh.conversation.id, m.id, run.item.key)
         for m in fresh.messages
@@ -181,27 +186,46 @@ def already_sent(runtime: Runtime, run: Run, fresh: Fresh, plan: SendPlan) -> bo
 
 @executor("message")
 def execute_message(runtime: Runtime, step: Step, runs: list[Run]) -> None:
+    """The step's conversations, messages and contacts read in batches of 50, then one send per item."""
     action = message_action(step.action)
-    for run in runs:
-        with outcomes(runtime, [run]):
-            _send_one(runtime, action, run)
+    raw = raw_text(runtime, action)
+    # Every attempt reads back, not only retries: attempt 1 may follow a send the
+    # ledger forgot (Redis restarted without its data). So messages are read as far
+    # back as each firing's situation began.
+    states = StepStates(
+        runtime,
+        runs,
+        read_back=lambda run, conv: read_back_since(runtime, run, conv),
+        contacts=_may_use_contact(raw),
+    )
+    sent: list[tuple[Conversation, Message]] = []
+    try:
+        for run in runs:
+            if run.finished:
+                continue  # gone: ended as skipped
+            with outcomes(runtime, [run]):
+                message = _send_one(runtime, action, raw, run, states)
+                if message is not None:
+                    sent.append(message)
+    finally:
+        # The loop need not read our own replies back (worker/state/own_writes.py).
+        OwnWrites(runtime.redis).record(sent)
 
 
-def _send_one(runtime: Runtime, action: ReplyAction | NoteAction, run: Run) -> None:
+def _send_one(
+    runtime: Runtime, action: ReplyAction | NoteAction, raw: str, run: Run, states: StepStates
+) -> tuple[Conversation, Message] | None:
     for _ in range(MAX_RECHECKS):
-        fresh = read_one(runtime, run)
+        fresh = states.get(run)
         if fresh is None:
-            return
-        plan = _checked_plan(runtime, action, run, fresh)
+            return None
+        plan = _checked_plan(runtime, action, raw, run, fresh)
         if plan is None:
-            return
+            return None
         # Uploads (once per content, recorded once per conversation) come before the last
         # change check, so the send still follows that check immediately.
         media = upload_fields(runtime, plan.attachment, fresh.conversation) if plan.attachment else {}
-        moved, _, fresh.read_at = changed_since(
-            runtime, {fresh.conversation.id: fresh.conversation}, fresh.read_at
-        )
-        if moved:  # the conversation changed while we checked it: check it again
+        if states.moved(run):  # the conversation changed while we checked it: check it again
             continue
         sent = runtime.api.sends.send_message(
             fresh.conversation,
@@ -222,17 +246,17 @@ def _send_one(runtime: Runtime, action: ReplyAction | NoteAction, run: Run) -> N
             staleness_ms=staleness_ms,
             **_attached(plan),
         )
-        return
+        return fresh.conversation, sent
     raise Retry("the conversation kept changing right before the send", delay=BUSY_RETRY_MS)
 
 
 def _checked_plan(
-    runtime: Runtime, action: ReplyAction | NoteAction, run: Run, fresh: Fresh
+    runtime: Runtime, action: ReplyAction | NoteAction, raw: str, run: Run, fresh: Fresh
 ) -> SendPlan | None:
     """What to send after the read-back and the re-check; None when the item finished instead."""
     # Every attempt reads back, not only retries: attempt 1 may follow a send the
     # ledger forgot (Redis restarted without its data).
-    plan = send_plan(runtime, action, fresh)
+    plan = send_plan(runtime, action, raw, fresh)
     if plan.skip is None:
         file, skip = attachment_for(runtime, action, run, fresh.conversation.channel, plan.message_type)
         plan = replace(plan, attachment=file, skip=skip)

@@ -1,5 +1,12 @@
 """Fresh state before acting: re-read the conversation and re-check the item's rule on it.
 
+A step's conversations are read together with the loop's snapshot reader
+(`worker/scheduling/snapshots.py`, no cache; `prefetch`): conversations by
+``id[$in]``, messages and contacts 50 conversations per find, SLA pauses in one
+Redis pipeline. So a step of k replies costs about 2·ceil(k/50) reads besides
+its k sends, and the re-check evaluates a rule on exactly the snapshot the loop
+would build (`Fresh.snapshot`).
+
 An item is executed only when its rule, evaluated on what the API shows now,
 still produces the item's firing key (or another action of the same firing is
 already done and the situation is still the item's: a rule's own actions often
@@ -15,10 +22,9 @@ again (`changed_since`). How old the re-check was when the call left is the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from functools import cached_property
 
 from worker.api.errors import NotFound
 from worker.api.models import Contact, Conversation, Message
@@ -29,34 +35,138 @@ from worker.rules.evaluator import Snapshot, evaluate
 from worker.rules.firing import firing_key_for, item_index, renews, sibling_keys
 from worker.rules.model import Rule
 from worker.runtime import Runtime
+from worker.scheduling.snapshots import SnapshotReader, rule_window
+from worker.state.sla_pauses import SlaPauses
 
 # How old a re-check may be when the call leaves before the records are read again.
 FRESH_BUDGET = timedelta(seconds=0.5)
 # Rounds of "read, check, changed meanwhile" before the attempt gives up and retries later.
 MAX_RECHECKS = 3
 
+ReadBack = Callable[[Run, Conversation], datetime | None]
+"""How far back a run's messages must be read for its read-back (None: all of them)."""
+
 
 class Fresh:
-    """A conversation as re-read now; messages and contact fetched at most once, on demand."""
+    """A conversation as re-read now, with its messages (newest first), contact and SLA pauses.
 
-    def __init__(self, runtime: Runtime, conversation: Conversation, read_at: datetime | None = None) -> None:
+    A step's conversations get theirs from one batched read (`prefetch`); a lone
+    conversation reads them on first use, with the same reader. `messages` may
+    reach further back than the rules read (the read-back's window);
+    `snapshot(rule)` is exactly what the loop would evaluate.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        conversation: Conversation,
+        read_at: datetime | None = None,
+        *,
+        read: Snapshot | None = None,
+        error: Exception | None = None,
+    ) -> None:
         self._runtime = runtime
         self.conversation = conversation
         self.read_at = read_at or runtime.clock.now()  # when the record was read (the re-check's age)
+        self._read = read
+        self._error = error
 
-    @cached_property
-    def messages(self) -> list[Message]:
-        conv = self.conversation
-        return self._runtime.api.messages.latest(conv.channel, conv.id)
+    def _snapshot(self) -> Snapshot:
+        if self._error is not None:
+            raise self._error
+        if self._read is None:
+            conv = self.conversation
+            read = _read_snapshots(self._runtime, [conv], messages=True, contacts=True)[conv.id]
+            if isinstance(read, Exception):
+                raise read
+            self._read = read
+        return self._read
 
-    @cached_property
+    @property
+    def messages(self) -> Sequence[Message]:
+        return self._snapshot().messages or ()
+
+    @property
     def contact(self) -> Contact | None:
-        if self.conversation.contact_id is None:
-            return None
-        try:
-            return self._runtime.api.contacts.get(self.conversation.contact_id)
-        except NotFound:
-            return None
+        return self._snapshot().contact
+
+    def snapshot(self, rule: Rule) -> Snapshot:
+        """What the loop would evaluate `rule` on: its message window, its contact, the SLA pauses."""
+        read = self._snapshot()
+        customer_text = self._runtime.rulebook.ruleset.reads_customer_text
+        messages = (
+            rule_window(self.conversation, read.messages or (), customer_text)
+            if rule.needs_messages
+            else None
+        )
+        contact = read.contact if rule.needs_contact else None
+        return Snapshot(self.conversation, messages, contact, read.sla_pauses)
+
+
+def _read_snapshots(
+    runtime: Runtime,
+    conversations: Sequence[Conversation],
+    *,
+    messages: bool,
+    contacts: bool,
+    wider: Mapping[int, datetime | None] | None = None,
+) -> dict[int, Snapshot | Exception]:
+    """The loop's reader over the whole rule set (same windows, same pauses), without a cache."""
+    errors: dict[int, Exception] = {}
+    snapshots = SnapshotReader(runtime.api, SlaPauses(runtime.redis)).read(
+        runtime.rulebook.ruleset,
+        conversations,
+        runtime.clock.now(),
+        on_error=lambda conv, exc: errors.__setitem__(conv.id, exc),
+        contacts=contacts,
+        messages=messages,
+        since=wider,
+    )
+    found: dict[int, Snapshot | Exception] = {s.conversation.id: s for s in snapshots}
+    found.update(errors)
+    return found
+
+
+def prefetch(
+    runtime: Runtime,
+    records: Mapping[int, Conversation],
+    read_at: datetime,
+    runs: Sequence[Run],
+    *,
+    read_back: ReadBack | None = None,
+    contacts: bool = False,
+) -> dict[int, Fresh]:
+    """Fresh state for the runs' conversations (already read), their messages, contacts and
+    SLA pauses read in batches of 50: messages when a run's rule needs them or `read_back`
+    is given (back to each run's `read_back` time), contacts when a rule needs them or
+    `contacts` is set. Runs whose conversation is not in `records` are left out."""
+    live = [run for run in runs if run.item.conversation_id in records]
+    if not live:
+        return {}
+    ruleset = runtime.rulebook.ruleset
+    wanted = {run.item.rule_id for run in live}
+    rules = [r for r in ruleset.rules if r.id in wanted]
+    wider = None
+    if read_back is not None:
+        wider = {run.item.conversation_id: read_back(run, records[run.item.conversation_id]) for run in live}
+    conversations = list(
+        {run.item.conversation_id: records[run.item.conversation_id] for run in live}.values()
+    )
+    found = _read_snapshots(
+        runtime,
+        conversations,
+        messages=read_back is not None or any(r.needs_messages for r in rules),
+        contacts=contacts or any(r.needs_contact for r in rules),
+        wider=wider,
+    )
+    out = {}
+    for conversation in conversations:
+        read = found[conversation.id]
+        if isinstance(read, Exception):
+            out[conversation.id] = Fresh(runtime, conversation, read_at, error=read)
+        else:
+            out[conversation.id] = Fresh(runtime, conversation, read_at, read=read)
+    return out
 
 
 def read_one(runtime: Runtime, run: Run) -> Fresh | None:
@@ -122,11 +232,7 @@ def moot_reason(runtime: Runtime, run: Run, fresh: Fresh) -> str | None:
     if rule is None or not rule.enabled:
         state = "is no longer in the rule set" if rule is None else "is disabled"
         return f"moot: rule {run.item.rule_id!r} {state}"
-    snapshot = Snapshot(
-        fresh.conversation,
-        fresh.messages if rule.needs_messages else None,
-        fresh.contact if rule.needs_contact else None,
-    )
+    snapshot = fresh.snapshot(rule)
     now = runtime.clock.now()
     evaluation = evaluate(replace(ruleset, rules=(rule,)), snapshot, now)
     keys = [m.firing_key for m in evaluation.matches]
@@ -176,3 +282,62 @@ def firing_started(runtime: Runtime, run: Run, actions: int) -> bool:
         if entry is not None and entry.state == "done" and entry.outcome.get("result") == "done":
             return True
     return False
+
+
+class StepStates:
+    """Fresh state for every run of a step, read in batches, and kept fresh in batches: when
+    a re-check has aged past ``FRESH_BUDGET`` right before a call, the step's unfinished
+    conversations are read again together (one find per 50) and those that changed are
+    read in full again (`refresh`), instead of one read per call."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        runs: Sequence[Run],
+        *,
+        read_back: ReadBack | None = None,
+        contacts: bool = False,
+    ) -> None:
+        self._runtime = runtime
+        self._runs = list(runs)
+        self._read_back = read_back
+        self._contacts = contacts
+        records, read_at = read_many(runtime, [run.item.conversation_id for run in runs])
+        for run in runs:
+            if run.item.conversation_id not in records:
+                finish(runtime, run, "skipped", reason="gone: the conversation no longer exists")
+        self.states = self._prefetch(records, read_at, self._runs)
+
+    def _prefetch(
+        self, records: Mapping[int, Conversation], read_at: datetime, runs: Sequence[Run]
+    ) -> dict[int, Fresh]:
+        return prefetch(
+            self._runtime, records, read_at, runs, read_back=self._read_back, contacts=self._contacts
+        )
+
+    def get(self, run: Run) -> Fresh | None:
+        """The run's fresh state; None (and the run skipped) when its conversation is gone."""
+        fresh = self.states.get(run.item.conversation_id)
+        if fresh is None and not run.finished:
+            finish(self._runtime, run, "skipped", reason="gone: the conversation no longer exists")
+        return fresh
+
+    def moved(self, run: Run) -> bool:
+        """Right before the run's call: True when its conversation changed since its check."""
+        fresh = self.states.get(run.item.conversation_id)
+        if fresh is None:
+            return True
+        waiting = [r for r in self._runs if not r.finished and r.item.conversation_id in self.states]
+        checked = {r.item.conversation_id: self.states[r.item.conversation_id].conversation for r in waiting}
+        moved, records, read_at = changed_since(self._runtime, checked, fresh.read_at)
+        if read_at != fresh.read_at:  # read again: every waiting conversation is fresh now
+            for cid in checked:
+                if cid not in moved:
+                    self.states[cid].read_at = read_at
+            for cid in moved:
+                self.states.pop(cid, None)
+            again = [
+                r for r in waiting if r.item.conversation_id in moved and r.item.conversation_id in records
+            ]
+            self.states.update(self._prefetch(records, read_at, again))
+        return run.item.conversation_id in moved

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import NamedTuple
 
 from worker.api.models import Contact, Conversation, Message
@@ -22,6 +23,11 @@ def iso(t: datetime | None) -> str:
     return "none" if t is None else t.astimezone(UTC).isoformat()
 
 
+Interval = tuple[datetime, datetime | None]  # an SLA pause: start, end (None: still paused)
+Pauses = Mapping[str, Sequence[Interval]]  # SLA policy id -> the pauses the worker recorded
+NO_PAUSES: Pauses = MappingProxyType({})
+
+
 class Outcome(NamedTuple):
     """A condition's verdict and the value it looked at, for `explain`."""
 
@@ -32,7 +38,7 @@ class Outcome(NamedTuple):
 class EvalContext:
     """One conversation at one instant; built once per evaluation, shared by all rules."""
 
-    __slots__ = ("_last_inbound", "contact", "conv", "messages", "now")
+    __slots__ = ("_last_inbound", "contact", "conv", "messages", "now", "pauses")
 
     def __init__(
         self,
@@ -40,16 +46,18 @@ class EvalContext:
         now: datetime,
         messages: Sequence[Message] | None = None,
         contact: Contact | None = None,
+        pauses: Pauses = NO_PAUSES,
     ) -> None:
         self.conv = conv
         self.now = now
         self.messages = messages
         self.contact = contact
+        self.pauses = pauses
         self._last_inbound: Message | bool | None = False  # False: not computed yet
 
     def at(self, now: datetime) -> EvalContext:
         """The same records seen at another instant (used to find due times)."""
-        return EvalContext(self.conv, now, self.messages, self.contact)
+        return EvalContext(self.conv, now, self.messages, self.contact, self.pauses)
 
     def last_inbound_message(self) -> Message | None:
         if self._last_inbound is False:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import NamedTuple
 
-from worker.api.models import Message
+from worker.api.models import Conversation, Message
 from worker.rules.context import EvalContext, utc
 
 _MIN = datetime.min.replace(tzinfo=UTC)
@@ -62,3 +63,35 @@ def followup_anchor(ctx: EvalContext) -> datetime | None:
         return None
     human = [m for m in replies if getattr(m, "sender_type", None) in HUMAN_SENDERS]
     return _created(human[-1] if human else replies[0])
+
+
+class MessageWindow(NamedTuple):
+    """The messages a snapshot holds: created after `start` (at or after unless `strict`); None: all."""
+
+    start: datetime | None
+    strict: bool = False
+
+    def holds(self, created_at: datetime | None) -> bool:
+        at = utc(created_at)
+        if self.start is None or at is None:
+            return True
+        return at > self.start if self.strict else at >= self.start
+
+
+def messages_needed_since(conversation: Conversation, customer_text: bool = True) -> MessageWindow:
+    """The messages any condition reads; `start` None: every message (no customer message yet).
+
+    What the conditions read from messages: the customer's last message (created
+    at `last_inbound_at`; only `message_text` reads it: `customer_text`), the
+    customer messages after the team's last reply (the response cycle's opener)
+    and the team replies after the customer's last message (the follow-up
+    anchor). All of them are created after `last_outbound_at` when the customer
+    wrote last, else at (or, without `customer_text`, after) `last_inbound_at`.
+    The snapshot reader reads exactly that window.
+    """
+    inbound, outbound = utc(conversation.last_inbound_at), utc(conversation.last_outbound_at)
+    if inbound is None:
+        return MessageWindow(None)
+    if outbound is not None and outbound < inbound:
+        return MessageWindow(outbound, strict=True)
+    return MessageWindow(inbound, strict=not customer_text)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from worker.api.models import Contact, Conversation, Message
 from worker.rules.actions import Action
-from worker.rules.context import EvalContext
+from worker.rules.context import EvalContext, Pauses
 from worker.rules.firing import firing_key_for
 from worker.rules.model import Rule, RuleSet
 from worker.rules.nodes import Reason
@@ -24,11 +24,17 @@ from worker.rules.nodes import Reason
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What the worker read about one conversation."""
+    """What the worker read about one conversation, and the SLA pauses it recorded for it.
+
+    Built by one reader (`worker/scheduling/snapshots.py`) for the loop, the
+    executor's re-check, `plan`, `explain` and `sla`, so all of them evaluate
+    a rule on the same inputs.
+    """
 
     conversation: Conversation
     messages: Sequence[Message] | None = None
     contact: Contact | None = None
+    sla_pauses: Pauses = field(default_factory=dict)
 
 
 class EvaluationState(Protocol):
@@ -152,7 +158,7 @@ def evaluate(
     if now.tzinfo is None:
         raise ValueError("evaluate() needs a timezone-aware `now`")
     state = state or NoFirings()
-    ctx = EvalContext(snapshot.conversation, now, snapshot.messages, snapshot.contact)
+    ctx = EvalContext(snapshot.conversation, now, snapshot.messages, snapshot.contact, snapshot.sla_pauses)
     matches: list[Match] = []
     results: list[RuleResult] = []
     next_due: dict[str, datetime] = {}

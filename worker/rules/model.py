@@ -101,5 +101,10 @@ class RuleSet:
     def needs_contact(self) -> bool:
         return any(r.needs_contact for r in self.rules)
 
+    @property
+    def reads_customer_text(self) -> bool:
+        """True when a rule reads the text of the customer's last message (`message_text`)."""
+        return any(leaf.cond.key == "message_text" for r in self.rules for leaf in r.when.leaves())
+
     def get(self, rule_id: str) -> Rule | None:
         return next((r for r in self.all_rules if r.id == rule_id), None)

@@ -20,13 +20,14 @@ metric              clock runs from                          stops when         
 
 Pauses. The record shows only the current pause (stage + ``stage_entered_at``).
 Earlier pauses come from a small per-conversation record the loop keeps in
-Redis (`worker/state/sla_pauses.py`) and attaches to the conversation as the extra
-field ``inboxpilot_sla_pauses`` before evaluating; `update_pauses` is the one
-pure function both use. Without it (``explain``, a backtest) only the current
-pause is honoured, so a deadline can come early only by prior pause time the
-worker never saw. Limits: a pause that starts and ends between two polls is not
-seen; a pause ends at the new ``stage_entered_at`` (exact) or when the worker sees
-it end. Pauses are by stage only: the API's status is only open or closed.
+Redis (`worker/state/sla_pauses.py`); the snapshot reader puts it in the
+snapshot (`Snapshot.sla_pauses`, seen here as `EvalContext.pauses`) for the
+loop, the re-check, `explain`, `sla` and `backtest` alike; `update_pauses` is
+the one pure function the record and the clocks use. Without Redis only the
+current pause is honoured, so a deadline can come early only by prior pause
+time the worker never saw. Limits: a pause that starts and ends between two polls
+is not seen; a pause ends at the new ``stage_entered_at`` (exact) or when the
+worker sees it end. Pauses are by stage only: the API's status is only open or closed.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from worker.api.models import Conversation
 from worker.rules.calendars import Calendar, add_business_time, business_time_between
-from worker.rules.context import EvalContext, utc
+from worker.rules.context import EvalContext, Interval, utc
 from worker.rules.cycles import response_cycle_start
 from worker.rules.durations import Duration, format_duration
 
@@ -59,10 +60,8 @@ METRIC_ONCE: dict[Metric, Once] = {
     "time_to_close": "per_conversation",
 }
 POLICY_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9_-]{0,30}[a-z0-9])?$"
-PAUSES_FIELD = "inboxpilot_sla_pauses"
 # Shares above this (and below 1) count a clock as "at risk" when no tier says otherwise.
 DEFAULT_AT_RISK = 0.8
-Interval = tuple[datetime, datetime | None]  # a pause: start, end (None: still paused)
 _SHARE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
@@ -203,10 +202,8 @@ def _pause_start(policy: SlaPolicy, conv: Conversation, now: datetime) -> dateti
 
 
 def pauses_of(policy: SlaPolicy, ctx: EvalContext) -> list[Interval]:
-    """The pauses the worker recorded (attached to the record), brought up to `ctx.now`."""
-    recorded = getattr(ctx.conv, PAUSES_FIELD, None)
-    prior = recorded.get(policy.id, []) if isinstance(recorded, Mapping) else []
-    return update_pauses(policy, ctx.conv, prior, ctx.now)
+    """The pauses the worker recorded (in the snapshot), brought up to `ctx.now`."""
+    return update_pauses(policy, ctx.conv, ctx.pauses.get(policy.id, ()), ctx.now)
 
 
 def cycle_start(metric: Metric, ctx: EvalContext) -> datetime | None:

@@ -18,8 +18,9 @@ kinds that can share one step across firings (tag changes: one re-read for up to
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from worker.api.models import Conversation
@@ -211,7 +212,7 @@ def pools_asked(matches: Iterable[Match]) -> set[str]:
 
 def first_steps(firings: Iterable[PlannedFiring]) -> list[Step]:
     """What a tick queues: each firing's first action, bulk changes grouped per 50 ids."""
-    return merge(group_steps((f.steps[0] for f in firings if f.steps), MAX_BULK_IDS))
+    return group_messages(merge(group_steps((f.steps[0] for f in firings if f.steps), MAX_BULK_IDS)))
 
 
 def all_steps(firings: Sequence[PlannedFiring]) -> list[Step]:
@@ -220,7 +221,35 @@ def all_steps(firings: Sequence[PlannedFiring]) -> list[Step]:
     depth = max((len(f.steps) for f in firings), default=0)
     out: list[Step] = []
     for k in range(depth):
-        out.extend(merge(group_steps((f.steps[k] for f in firings if len(f.steps) > k), MAX_BULK_IDS)))
+        position = group_steps((f.steps[k] for f in firings if len(f.steps) > k), MAX_BULK_IDS)
+        out.extend(group_messages(merge(position)))
+    return out
+
+
+def group_messages(steps: Sequence[Step]) -> list[Step]:
+    """Message steps with the same action joined, up to 50 items a step, where the first was.
+
+    The executor reads a step's conversations and messages in batches of 50, so a
+    step of k replies costs k sends plus about 2·ceil(k/50) reads instead of 3k calls.
+    """
+    slots: list[Step | str] = []
+    groups: dict[str, list[Item]] = {}
+    first: dict[str, Step] = {}
+    for step in steps:
+        if step.kind != "message":
+            slots.append(step)
+            continue
+        key = json.dumps(step.action, sort_keys=True, default=str)
+        if key not in groups:
+            groups[key], first[key] = [], step
+            slots.append(key)
+        groups[key].extend(step.items)
+    out: list[Step] = []
+    for slot in slots:
+        if isinstance(slot, Step):
+            out.append(slot)
+            continue
+        out.extend(replace(first[slot], items=tuple(c)) for c in chunks(groups[slot], MAX_BULK_IDS))
     return out
 
 

@@ -42,16 +42,21 @@ from worker.scheduling.planning import (
 )
 from worker.scheduling.poller import Budget, Poller
 from worker.scheduling.router import CLOCK_SKEW_S, Chooser, Router
-from worker.scheduling.snapshots import read_snapshots
+from worker.scheduling.snapshots import SnapshotCache, SnapshotReader
 from worker.state.api_pause import SharedPause
 from worker.state.breaker import Breaker
 from worker.state.ledger import ClaimItem, ClaimResult, FiringClaim, Ledger
+from worker.state.own_writes import OwnWrites
 from worker.state.quarantine import Quarantine, is_poison
 from worker.state.sla_pauses import SlaPauses
 from worker.state.unread import READ_RETRY_RULE, Unread
 from worker.state.watermark import Watermark
 
 log = get_logger(__name__)
+
+# The resync evaluates this many conversations at a time, not a page (50): their messages are
+# read per channel, 50 conversations a find, and routing loads once per chunk.
+RESYNC_CHUNK = 1000
 
 
 class TickStopped(Exception):
@@ -112,7 +117,10 @@ class Loop:
         self.stop = threading.Event()
         self.watermark = Watermark(runtime.redis)
         self.router = Router(runtime.redis, runtime.api.client, runtime.rulebook, runtime.clock)
-        self.sla_pauses = SlaPauses(runtime.redis)
+        # One reader and its cache for every pass of this loop: a resync reuses what polls read.
+        self.snapshots = SnapshotReader(
+            runtime.api, SlaPauses(runtime.redis), cache=SnapshotCache(), own_writes=OwnWrites(runtime.redis)
+        )
         self.quarantine = Quarantine(runtime.redis, runtime.clock)
         self.unread = Unread(runtime.redis, runtime.clock)
         self.api_pause = SharedPause(runtime.redis, runtime.clock)
@@ -166,9 +174,15 @@ class Loop:
     def resync_once(self) -> TickReport:
         """Every open conversation: catches what the incremental poll missed, rebuilds timers."""
         total = TickReport("resync")
+        chunk: list[Conversation] = []
         try:
             for page in self.poller.open_conversations(self.budget()):
-                _merge(total, self.process(page, "resync"))
+                chunk.extend(page)
+                if len(chunk) >= RESYNC_CHUNK:
+                    _merge(total, self.process(chunk, "resync"))
+                    chunk = []
+            if chunk:
+                _merge(total, self.process(chunk, "resync"))
         except TickStopped as stopped:  # the next resync starts over
             log.info("tick_stopped", kind="resync", mid_page=True, detail=str(stopped))
         POLLS.labels(kind="resync").inc()
@@ -227,12 +241,20 @@ class Loop:
         ruleset = runtime.rulebook.ruleset
         now = runtime.clock.now()
         state = LedgerState(runtime.ledger, now)
-        # SLA clocks skip the pauses seen on earlier ticks (worker/state/sla_pauses.py).
-        (self.sla_pauses.attach if self.dry_run else self.sla_pauses.observe)(ruleset, conversations, now)
-        pairs: list[tuple[int, Match]] = []
-        snapshots = read_snapshots(
-            runtime.api, ruleset, self._until_stopped(conversations), self._snapshot_failed, self.on_read
+        # Read in batches (worker/scheduling/snapshots.py); shutdown is checked before the read.
+        conversations = list(self._until_stopped(conversations))
+        snapshots = self.snapshots.read(
+            ruleset,
+            conversations,
+            now,
+            on_error=self._snapshot_failed,
+            record_pauses=not self.dry_run,  # SLA clocks skip the pauses seen on earlier ticks
+            refresh_contacts=kind == "resync",  # contact edits do not move the conversation
         )
+        if self.on_read is not None:  # progress, one step per conversation read
+            for _ in snapshots:
+                self.on_read()
+        pairs: list[tuple[int, Match]] = []
         self._note_read([s.conversation.id for s in snapshots])
         for snapshot in snapshots:
             try:

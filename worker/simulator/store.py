@@ -46,6 +46,21 @@ def truncate_ms(when: datetime) -> datetime:
     return when.astimezone(UTC).replace(microsecond=when.microsecond // 1000 * 1000)
 
 
+def _values(wanted: Any) -> list[Any] | None:
+    """The values an equality or `$in` filter allows (None when it is neither)."""
+    if isinstance(wanted, str | int) and not isinstance(wanted, bool):
+        return [wanted]
+    if isinstance(wanted, Mapping) and len(wanted) == 1 and isinstance(wanted.get("$in"), list):
+        values = wanted["$in"]
+        return values if all(isinstance(v, str | int) for v in values) else None
+    return None
+
+
+def _coerce_id(value: Any) -> Any:
+    """Query values arrive as text; numeric record ids are ints."""
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
 class Collection:
     """Records of one service keyed by their id, with optional equality indexes."""
 
@@ -83,13 +98,31 @@ class Collection:
             index.clear()
 
     def candidates(self, filters: Mapping[str, Any]) -> Iterable[Rec]:
-        """Records that may match: narrowed by an equality index when the filter allows."""
+        """Records that may match: narrowed by the id or an equality index when the filter allows
+        (a value, an `$in` list, or an `$or` whose every branch is narrowed); else every record."""
+        ids = self._narrowed(filters)
+        if ids is None:
+            return self.records.values()
+        return [self.records[i] for i in dict.fromkeys(ids) if i in self.records]
+
+    def _narrowed(self, filters: Mapping[str, Any]) -> list[Any] | None:
+        wanted = filters.get(self.id_field)
+        if isinstance(wanted, Mapping) and isinstance(wanted.get("$in"), list) and len(wanted) == 1:
+            return [_coerce_id(v) for v in wanted["$in"]]
         for field, index in self._eq.items():
-            wanted = filters.get(field)
-            if isinstance(wanted, str | int) and not isinstance(wanted, bool):
-                ids = index.get(str(wanted), {})
-                return [self.records[record_id] for record_id in ids]
-        return self.records.values()
+            values = _values(filters.get(field))
+            if values is not None:
+                return [rid for v in values for rid in index.get(str(v), {})]
+        branches = filters.get("$or")
+        if isinstance(branches, list) and branches and all(isinstance(b, Mapping) for b in branches):
+            found: list[Any] = []
+            for branch in branches:
+                part = self._narrowed(branch)
+                if part is None:
+                    return None
+                found.extend(part)
+            return found
+        return None
 
     def find(self, params: FindParams) -> tuple[int, list[Rec]]:
         return find_in(self.candidates(params.filters), params)

@@ -522,6 +522,20 @@ class Ledger:
         begun = self.begin(key, now)
         return begun[0] if begun is not None else None
 
+    def begin_many(self, keys: Sequence[str], now: datetime | None = None) -> list[tuple[int, bool] | None]:
+        """`begin` for every item of a step in one round trip (one pipeline)."""
+        if not keys:
+            return []
+        at = self._now(now)
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            self._begin(
+                keys=[ENTRY_PREFIX + key, REDRIVE_KEY],
+                args=[key, repr(at), repr(at + self.redrive_after_s), self.ttl_s],
+                client=pipe,
+            )
+        return [(int(n), bool(int(verdict))) if int(n) else None for n, verdict in pipe.execute()]
+
     def mark_done(self, key: str, outcome: dict[str, Any] | None = None, now: datetime | None = None) -> bool:
         """Record success; False when the item was not pending (nothing changed, no audit line).
 

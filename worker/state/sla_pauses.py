@@ -2,8 +2,9 @@
 
 The API record shows only the current pause; the loop calls `observe` for every
 conversation it evaluates, which opens or closes a pause interval per policy
-(`worker.rules.sla.update_pauses`) and attaches the intervals to the record as
-``inboxpilot_sla_pauses`` so the (pure) SLA condition can skip earlier pauses.
+(`worker.rules.sla.update_pauses`) and returns the intervals; the snapshot reader
+puts them in each `Snapshot` (`sla_pauses`) so the (pure) SLA condition can skip
+earlier pauses.
 Rule sets without pausing policies cost nothing here.
 
 ======================================  ====  ============================================
@@ -24,8 +25,9 @@ from datetime import datetime
 import redis
 
 from worker.api.models import Conversation
+from worker.rules.context import Interval, Pauses
 from worker.rules.model import RuleSet
-from worker.rules.sla import PAUSES_FIELD, Interval, SlaPolicy, update_pauses
+from worker.rules.sla import SlaPolicy, update_pauses
 
 KEY_PREFIX = "inboxpilot:sla:pauses:"
 TTL_S = 35 * 86_400
@@ -50,25 +52,30 @@ def _encode(intervals: Sequence[Interval]) -> str:
 
 
 class SlaPauses:
-    """Reads, updates and attaches the pause record (see the module docstring)."""
+    """Reads and updates the pause record (see the module docstring)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
 
-    def observe(self, ruleset: RuleSet, conversations: Sequence[Conversation], now: datetime) -> None:
-        """Update the record from what the conversations show now, and attach it."""
-        self._run(ruleset, conversations, now, write=True)
+    def observe(
+        self, ruleset: RuleSet, conversations: Sequence[Conversation], now: datetime
+    ) -> dict[int, Pauses]:
+        """Update the record from what the conversations show now; their pauses by conversation id."""
+        return self._run(ruleset, conversations, now, write=True)
 
-    def attach(self, ruleset: RuleSet, conversations: Sequence[Conversation], now: datetime) -> None:
-        """Attach the record without changing it (read-only commands)."""
-        self._run(ruleset, conversations, now, write=False)
+    def read(
+        self, ruleset: RuleSet, conversations: Sequence[Conversation], now: datetime
+    ) -> dict[int, Pauses]:
+        """The record without changing it (the re-check and the read-only commands)."""
+        return self._run(ruleset, conversations, now, write=False)
 
     def _run(
         self, ruleset: RuleSet, conversations: Sequence[Conversation], now: datetime, *, write: bool
-    ) -> None:
+    ) -> dict[int, Pauses]:
         policies: list[SlaPolicy] = [p for p in ruleset.sla_policies if isinstance(p, SlaPolicy) and p.pauses]
         if not policies or not conversations:
-            return
+            return {}
+        found: dict[int, Pauses] = {}
         read = self._redis.pipeline(transaction=False)
         for conv in conversations:
             read.hmget(KEY_PREFIX + str(conv.id), [p.id for p in policies])
@@ -84,6 +91,7 @@ class SlaPauses:
                     key = KEY_PREFIX + str(conv.id)
                     out.hset(key, policy.id, _encode(now_intervals))
                     out.expire(key, TTL_S)
-            setattr(conv, PAUSES_FIELD, attached)
+            found[conv.id] = attached
         if write:
             out.execute()
+        return found
