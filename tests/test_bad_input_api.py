@@ -107,9 +107,12 @@ def is_conversation_page(request: httpx.Request) -> bool:
 
 
 def messages_of(conversation_id: int) -> Callable[[httpx.Request], bool]:
+    """A message read that includes the conversation (alone, or in a batch of 50)."""
+
     def match(request: httpx.Request) -> bool:
-        return request.url.path.startswith("/conversation-messages-") and (
-            request.url.params.get("conversation_id") == str(conversation_id)
+        return request.url.path.startswith("/conversation-messages-") and any(
+            (key == "conversation_id" or key.endswith("[conversation_id]")) and value == str(conversation_id)
+            for key, value in request.url.params.multi_items()
         )
 
     return match

@@ -20,7 +20,7 @@ from worker.api.models import Conversation, Message
 from worker.api.services import NEWEST_FIRST, Services, messages_path
 from worker.backtest import fetch_histories, state_at
 from worker.cli import app, inspect_cmds
-from worker.execution.recheck import read_fresh
+from worker.execution.recheck import StepStates
 from worker.execution.runs import Run
 from worker.rules.cycles import messages_needed_since
 from worker.rules.evaluator import Snapshot
@@ -197,7 +197,9 @@ def test_loop_recheck_explain_and_backtest_evaluate_the_same_snapshot(
     rule = runtime.rulebook.ruleset.get("refund")
     assert rule is not None
     run = Run(Item(f"refund:{cid}:c#0", "refund", cid), 1, "note")
-    recheck = read_fresh(runtime, [run])[cid].snapshot(rule)
+    fresh = StepStates(runtime, [run]).get(run)
+    assert fresh is not None
+    recheck = fresh.snapshot(rule)
     assert recheck.conversation == loop_snapshot.conversation
     assert recheck.messages == loop_snapshot.messages and recheck.contact == loop_snapshot.contact
     assert recheck.sla_pauses == loop_snapshot.sla_pauses

@@ -170,8 +170,10 @@ class MessagesService:
             query["message_type"] = {"$ne": "note"}
         out: dict[int, list[Message]] = {cid: [] for cid in windows}
         path = messages_path(channel)
-        found = self._client.find_all_as(Message, path, query, sort=NEWEST_FIRST, id_key="_id")
-        for message in found:
+        # A malformed message fails the find (parse_record raises) rather than vanishing from
+        # a snapshot: the reader then reads the batch one conversation at a time.
+        found = self._client.find_all(path, query, sort=NEWEST_FIRST, id_key="_id")
+        for message in (parse_record(Message, raw, path) for raw in found):
             # A server that ignores part of the filter must not mix conversations or windows.
             keep = notes or message.message_type != "note"
             if keep and message.conversation_id in out and _within(message, windows[message.conversation_id]):
