@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.common import (
     Bench,
@@ -53,6 +53,7 @@ from worker.rules.model import RuleSet
 from worker.scheduling.tick import Loop
 
 PAGE = 50
+T = TypeVar("T")
 DEFAULT_RATE = 20.0  # the client's default requests per second (worker/config.py)
 COMMAND_N = 5_000
 REPLY_RULES = """
@@ -300,6 +301,12 @@ def send_table(rows: Sequence[SendRow]) -> Table:
 
 
 # --- main ---------------------------------------------------------------------------------------
+
+
+def _progress(row: T) -> T:
+    """Each result as soon as it is measured (a full run takes long on a shared machine)."""
+    print(row, flush=True)
+    return row
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
