@@ -172,15 +172,6 @@ def _histories(
         yield History(c, tuple(messages[c.id]), contact, recorded.get(c.id, {}))
 
 
-def history_of(api: Services, conversation: Conversation, *, contacts: bool = False) -> History:
-    """One conversation with every message (and its contact when the rules read contacts)."""
-    messages = tuple(api.messages.all_for(conversation.channel, conversation.id))
-    contact = None
-    if contacts and conversation.contact_id is not None:
-        contact = api.contacts.get(conversation.contact_id)
-    return History(conversation, messages, contact)
-
-
 # --- reconstruction --------------------------------------------------------------------------
 
 
