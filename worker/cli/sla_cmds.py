@@ -77,12 +77,12 @@ def sla_clocks(
     return sorted(out, key=lambda c: (c.left, c.conversation_id))
 
 
-def _pauses(settings: Settings) -> SlaPauses | None:
+def _pauses(settings: Settings) -> SlaPauses:
     """The worker's pause record (without Redis only the current pause counts)."""
     from worker.state.redis_conn import connect
     from worker.state.sla_pauses import SlaPauses
 
-    return SlaPauses(connect(settings.redis_url)) if settings.redis_url else None
+    return SlaPauses(connect(settings.redis_url))  # "" is the embedded Redis, as everywhere
 
 
 def render(rows: Iterable[SlaClock], now: datetime, *, as_json: bool) -> str:

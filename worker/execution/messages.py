@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -10,7 +11,7 @@ from typing import Any, Literal
 from dramatiq.errors import Retry
 from jinja2 import TemplateError
 
-from worker.api.errors import NotFound
+from worker.api.errors import ApiError, NotFound
 from worker.api.models import WINDOWED_CHANNELS, Conversation, Message
 from worker.execution.attachments import Outgoing, attachment_for, upload_fields
 from worker.execution.policy import outcomes
@@ -35,6 +36,7 @@ from worker.state.locks import BUSY_RETRY_MS
 from worker.state.own_writes import OwnWrites
 
 WINDOW = timedelta(hours=24)
+STEP_BUDGET_SHARE = 0.25  # of the actor time limit: how long one message step keeps sending
 # Read-back tolerance between our clock (claimed_at) and the API's (created_at).
 CLOCK_SKEW = timedelta(seconds=30)
 
@@ -199,17 +201,32 @@ def execute_message(runtime: Runtime, step: Step, runs: list[Run]) -> None:
         contacts=_may_use_contact(raw),
     )
     sent: list[tuple[Conversation, Message]] = []
+    retry: ApiError | Retry | None = None
+    # A step sends up to 50 messages: on a slow API it must still end well inside the actor's
+    # time limit and a shutdown's grace, so it stops starting sends after a quarter of the
+    # limit and hands the rest to its next attempt (those already sent are finished).
+    deadline = time.monotonic() + runtime.settings.actor_time_limit_s * STEP_BUDGET_SHARE
     try:
         for run in runs:
             if run.finished:
                 continue  # gone: ended as skipped
-            with outcomes(runtime, [run]):
-                message = _send_one(runtime, action, raw, run, states)
-                if message is not None:
-                    sent.append(message)
+            if time.monotonic() > deadline:
+                retry = Retry("the step's time budget is spent: the rest in its next attempt", delay=0)
+                break
+            try:
+                with outcomes(runtime, [run]):
+                    message = _send_one(runtime, action, raw, run, states)
+                    if message is not None:
+                        sent.append(message)
+            except ApiError as exc:  # retryable (outcomes settled the rest): the others go on
+                retry = retry or exc
     finally:
         # The loop need not read our own replies back (worker/state/own_writes.py).
         OwnWrites(runtime.redis).record(sent)
+    if retry is not None:
+        # One send's transient failure must not hold back the step's other sends: they were
+        # made; this attempt's retry finds them finished and tries the failed ones again.
+        raise retry
 
 
 def _send_one(
