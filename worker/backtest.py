@@ -142,13 +142,22 @@ PauseReader = Callable[[Sequence[Conversation]], Mapping[int, Pauses]]
 def fetch_histories(
     api: Services, since: datetime, *, contacts: bool = False, pauses: PauseReader | None = None
 ) -> Iterator[History]:
-    """Conversations changed since `since`, each with every message and the recorded pauses.
+    """Conversations changed since `since`, each with every message and the recorded pauses."""
+    return histories_of(api, api.conversations.changed_since(since), contacts=contacts, pauses=pauses)
 
-    Finds only, in batches of 50 conversations: their messages with one paged
-    ``conversation_id[$in]`` find per channel, their contacts with one ``id[$in]`` find.
-    """
+
+def histories_of(
+    api: Services,
+    conversations: Iterable[Conversation],
+    *,
+    contacts: bool = False,
+    pauses: PauseReader | None = None,
+) -> Iterator[History]:
+    """Each conversation with every message and the recorded pauses, read 50 at a time:
+    their messages with one paged ``conversation_id[$in]`` find per channel, their contacts
+    with one ``id[$in]`` find."""
     batch: list[Conversation] = []
-    for conversation in api.conversations.changed_since(since):
+    for conversation in conversations:
         batch.append(conversation)
         if len(batch) == MAX_PAGE_SIZE:
             yield from _histories(api, batch, contacts, pauses)

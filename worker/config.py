@@ -86,19 +86,13 @@ class Settings(BaseSettings):
         default=200,
         ge=1,
         le=100_000,
-        description=(
-            "Pages one poll tick reads at most; the rest waits for the next tick "
-            "(a resync reads every open conversation)."
-        ),
+        description="Pages one poll or resync tick reads at most; the rest waits for the next tick.",
     )
     poll_max_tick_s: float = Field(
         default=60.0,
         ge=1,
         le=3600,
-        description=(
-            "Seconds one poll tick pages at most; it ends at a page boundary "
-            "(a resync may take its interval)."
-        ),
+        description="Seconds one poll or resync tick pages at most; it ends at a page boundary.",
     )
     rules_path: Path = Field(default=Path("rules"), description="Rule file or folder.")
     rate_limit_per_s: float = Field(

@@ -269,14 +269,3 @@ def test_a_step_of_k_replies_costs_k_posts_and_about_two_reads_per_50(
     reads = [r for r in counting.requests if r[0] == "GET"]
     assert len(posts) == k
     assert len(counting.requests) <= k + 2 * -(-k // 50), reads
-
-
-def test_a_resync_reads_every_open_conversation_past_a_poll_budget(
-    simulator: SimulatorHandle, make_runtime: RuntimeFactory
-) -> None:
-    simulator.clock.set(WED_10)
-    for n in range(120):
-        simulator.sim.new_conversation(channel="sms", text=f"hello {n}")
-    runtime = make_runtime(REPLY_ALL, poll_max_pages=1)  # a poll tick reads one page of 50
-    report = Loop(runtime, Collector(), dry_run=True).resync_once()
-    assert report.conversations == 120  # the resync starts over each time: it must reach the tail

@@ -33,7 +33,7 @@ def backtest(
     """Replay recent conversations through RULES and report what would have fired (read-only)."""
     from worker.api.client import ApiClient
     from worker.api.services import Services
-    from worker.backtest import fetch_histories, format_table, replay
+    from worker.backtest import format_table, histories_of, replay
     from worker.rules.durations import DurationError, parse_duration
     from worker.rules.loader import load_rules
 
@@ -53,9 +53,10 @@ def backtest(
     api = Services(ApiClient.from_settings(settings))
     # An API failure ends the command through worker.cli.failures (one line, exit 3).
     pauses = _pause_reader(settings, ruleset, now)
-    found = fetch_histories(api, start, contacts=ruleset.needs_contact, pauses=pauses)
+    changed = list(track(api.conversations.changed_since(start), "reading changed conversations", None))
+    found = histories_of(api, changed, contacts=ruleset.needs_contact, pauses=pauses)
     # Read 50 conversations at a time (their messages and contacts in one find each).
-    histories = list(track(found, "reading conversations and messages", None))
+    histories = list(track(found, "reading messages", len(changed)))
     report = replay(ruleset, histories, start, now, latency=delay)
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_table(report))
 

@@ -8,7 +8,7 @@ arithmetic is `worker.rules.sla.clocks`, the same the SLA rules run on.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     from worker.api.models import Conversation
     from worker.api.services import Services
     from worker.config import Settings
+    from worker.rules.evaluator import Snapshot
     from worker.rules.model import RuleSet
     from worker.rules.sla import SlaClock
+    from worker.scheduling.snapshots import SnapshotReader
     from worker.state.sla_pauses import SlaPauses
 
 SHOWN = ("at_risk", "breached")
@@ -66,7 +68,10 @@ def sla_clocks(
 
     # The loop's reader (batched messages and the pause record); clocks read no contact.
     try:
-        snapshots = SnapshotReader(api, _pauses(settings)).read(ruleset, conversations, now, contacts=False)
+        reader = SnapshotReader(api, _pauses(settings))
+        snapshots = list(
+            track(_read(reader, ruleset, conversations, now), "reading messages", len(conversations))
+        )
     except redis_lib.RedisError as exc:
         typer.echo(f"inboxpilot: no pause record ({exc}); only current pauses are counted", err=True)
         snapshots = SnapshotReader(api).read(ruleset, conversations, now, contacts=False)
@@ -75,6 +80,14 @@ def sla_clocks(
         ctx = EvalContext(snap.conversation, now, snap.messages, None, snap.sla_pauses)
         out.extend(clocks(ruleset.sla_policies, ctx))
     return sorted(out, key=lambda c: (c.left, c.conversation_id))
+
+
+def _read(
+    reader: SnapshotReader, ruleset: RuleSet, conversations: Sequence[Conversation], now: datetime
+) -> Iterator[Snapshot]:
+    """Snapshots 500 conversations at a time (10 finds per channel), so progress can show."""
+    for start in range(0, len(conversations), 500):
+        yield from reader.read(ruleset, conversations[start : start + 500], now, contacts=False)
 
 
 def _pauses(settings: Settings) -> SlaPauses:

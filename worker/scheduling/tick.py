@@ -57,7 +57,6 @@ log = get_logger(__name__)
 # The resync evaluates this many conversations at a time, not a page (50): their messages are
 # read per channel, 50 conversations a find, and routing loads once per chunk.
 RESYNC_CHUNK = 1000
-RESYNC_MAX_PAGES = 100_000  # 5 million open conversations: a guard, not a limit
 
 
 class TickStopped(Exception):
@@ -146,13 +145,6 @@ class Loop:
             self.resync_requested = True
         return changed
 
-    def resync_budget(self) -> Budget:
-        """A resync pages every open conversation: it starts over from the first each time, so a
-        poll's budget would leave the same tail unread for ever (5,000 of 7,500 open at 20
-        requests/s on a busy machine). It may take up to its own interval (still ending on stop)."""
-        settings = self.runtime.settings
-        return Budget(RESYNC_MAX_PAGES, settings.resync_interval_s, self.stop)
-
     def poll_once(self) -> TickReport:
         """Incremental poll: what changed since the watermark (after a rule change: every open
         conversation too, once), processed a page at a time."""
@@ -184,7 +176,7 @@ class Loop:
         total = TickReport("resync")
         chunk: list[Conversation] = []
         try:
-            for page in self.poller.open_conversations(self.resync_budget()):
+            for page in self.poller.open_conversations(self.budget()):
                 chunk.extend(page)
                 if len(chunk) >= RESYNC_CHUNK:
                     _merge(total, self.process(chunk, "resync"))
