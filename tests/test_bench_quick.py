@@ -33,6 +33,7 @@ def test_action_cost_is_one_bulk_call_per_50() -> None:
         assert result.read_backs == math.ceil(result.k / 50)
         assert result.naive_calls == result.k
         assert result.assigned_ours == result.assigned_naive == result.k
+        assert result.redis_trips_per_step <= 16  # constant per step (begin and finish pipelined)
 
 
 @pytest.mark.slow

@@ -366,3 +366,25 @@ def test_a_step_begins_all_of_its_items_in_constant_round_trips(
     for key in keys:
         ledger.mark_done(key)
     assert ledger.begin_many(keys) == [None] * items  # finished items never begin again
+
+
+@pytest.mark.parametrize("items", [5, 50])
+def test_a_bulk_call_finishes_all_of_its_items_in_constant_round_trips(
+    redis_client: redis.Redis, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, items: int
+) -> None:
+    ledger = Ledger(redis_client, clock, ttl_s=3600)
+    firings = [
+        FiringClaim(f"r:{n}:c", (ClaimItem(f"r:{n}:c#0", {}), ClaimItem(f"r:{n}:c#1", {})))
+        for n in range(items)
+    ]
+    for firing in firings:
+        ledger.claim_firing(firing)
+    keys = [f"r:{n}:c#0" for n in range(items)]
+    ledger.begin_many(keys)
+    assert ledger.finish_items([]) == []
+    ledger.finish_items([("x:0:c#0", "done", {})])  # scripts loaded once per process
+    trips = _round_trips(monkeypatch)
+    done = ledger.finish_items([(key, "done", {"result": "done"}) for key in keys])
+    assert len(trips) <= 2, trips  # one pipeline (plus a script check at most)
+    assert [f.next_key for f in done] == [f"r:{n}:c#1" for n in range(items)]  # handed on, as finish_item
+    assert all(ledger.get(key).state == "done" for key in keys)  # type: ignore[union-attr]

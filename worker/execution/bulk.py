@@ -21,7 +21,7 @@ from worker.execution.recheck import (
     read_many,
 )
 from worker.execution.registry import executor
-from worker.execution.runs import Run, StepError, finish, idempotency_key
+from worker.execution.runs import Run, StepError, finish, finish_all, idempotency_key
 from worker.metrics import RECONCILIATIONS
 from worker.rules.firing import BulkChange, Step
 from worker.runtime import Runtime
@@ -85,8 +85,8 @@ def _call(runtime: Runtime, change: BulkChange, remaining: list[Run], read_at: d
     )
     staleness_ms = observe_staleness(runtime, change.action, read_at)
     runtime.observed.wrote(ids, target_fields(change))
-    for run in remaining:
-        finish(runtime, run, "done", processed_count=count, batch=len(ids), staleness_ms=staleness_ms)
+    # Every item of the call at once: one Redis round trip (worker/state/ledger.py finish_items).
+    finish_all(runtime, remaining, "done", processed_count=count, batch=len(ids), staleness_ms=staleness_ms)
 
 
 def _bulk_needed(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -13,6 +13,7 @@ from worker.logs import get_logger
 from worker.metrics import ACTIONS, FIRINGS
 from worker.rules.firing import Item
 from worker.runtime import Runtime
+from worker.state.ledger import State
 
 log = get_logger(__name__)
 
@@ -47,28 +48,36 @@ class Run:
 
 def finish(runtime: Runtime, run: Run, result: Result, **detail: Any) -> None:
     """Record the item's final outcome in the ledger, the metrics and one log line."""
-    if run.finished:
+    finish_all(runtime, [run], result, **detail)
+
+
+def finish_all(runtime: Runtime, runs: Sequence[Run], result: Result, **detail: Any) -> None:
+    """`finish` for several items with one outcome (a bulk call's): one Redis round trip."""
+    runs = [run for run in runs if not run.finished]
+    if not runs:
         return
-    run.finished = True
     if result == "failed":
-        reason = str(detail.get("reason", "failed"))[:MAX_REASON_CHARS]
-        finished = runtime.ledger.finish_item(run.item.key, "failed", {"reason": reason})
+        state: State = "failed"
+        record: dict[str, Any] = {"reason": str(detail.get("reason", "failed"))[:MAX_REASON_CHARS]}
     else:
-        finished = runtime.ledger.finish_item(run.item.key, "done", {"result": result, **detail})
-    run.next_key = finished.next_key
-    if finished.skipped:
-        # The later actions of a firing whose action was not applied never run (rules/README.md).
-        log.info(
-            "firing_actions_skipped",
-            rule=run.item.rule_id,
-            conversation=run.item.conversation_id,
-            after=run.item.key,
-            skipped=list(finished.skipped),
-            outcome=result,
-        )
-    FIRINGS.labels(rule=run.item.rule_id, outcome=result).inc()
-    ACTIONS.labels(action=run.action, outcome=result).inc()
-    _log_outcome(run, result, detail)
+        state, record = "done", {"result": result, **detail}
+    results = runtime.ledger.finish_items([(run.item.key, state, record) for run in runs])
+    for run, finished in zip(runs, results, strict=True):
+        run.finished = True
+        run.next_key = finished.next_key
+        if finished.skipped:
+            # The later actions of a firing whose action was not applied never run (rules/README.md).
+            log.info(
+                "firing_actions_skipped",
+                rule=run.item.rule_id,
+                conversation=run.item.conversation_id,
+                after=run.item.key,
+                skipped=list(finished.skipped),
+                outcome=result,
+            )
+        FIRINGS.labels(rule=run.item.rule_id, outcome=result).inc()
+        ACTIONS.labels(action=run.action, outcome=result).inc()
+        _log_outcome(run, result, detail)
 
 
 def note_retry(run: Run, error: ApiError) -> None:

@@ -552,6 +552,29 @@ class Ledger:
     ) -> Finished:
         """Record an item's final state; the firing's next action becomes pending (and due for
         re-drive) in the same script when this one was applied, else the rest are skipped."""
+        raw = self._finish(keys=self._finish_keys(key), args=self._finish_args(key, state, detail, now))
+        return self._finished(key, state, raw)
+
+    def finish_items(
+        self, outcomes: Sequence[tuple[str, State, dict[str, Any]]], now: datetime | None = None
+    ) -> list[Finished]:
+        """`finish_item` for many items in one round trip (one pipeline of the same script)."""
+        if not outcomes:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for key, state, detail in outcomes:
+            self._finish(
+                keys=self._finish_keys(key), args=self._finish_args(key, state, detail, now), client=pipe
+            )
+        return [
+            self._finished(key, state, raw)
+            for (key, state, _), raw in zip(outcomes, pipe.execute(), strict=True)
+        ]
+
+    def _finish_keys(self, key: str) -> list[str]:
+        return [ENTRY_PREFIX + key, REDRIVE_KEY, AUDIT_STREAM]
+
+    def _finish_args(self, key: str, state: State, detail: dict[str, Any], now: datetime | None) -> list[Any]:
         applied = state == "done" and detail.get("result", "done") == "done"
         if state == "failed":
             fld, value = "reason", str(detail.get("reason", "failed"))
@@ -561,23 +584,22 @@ class Ledger:
             why = f"{detail.get('result', 'done')}: {detail.get('reason', '')}".rstrip(": ")
         later = {"result": "skipped", "reason": f"not run: an earlier action of the firing ({key}) {why}"}
         at = self._now(now)
-        raw = self._finish(
-            keys=[ENTRY_PREFIX + key, REDRIVE_KEY, AUDIT_STREAM],
-            args=[
-                key,
-                state,
-                repr(at),
-                self.ttl_s,
-                fld,
-                value,
-                self._audit_maxlen,
-                "1" if applied else "0",
-                ENTRY_PREFIX,
-                INFLIGHT_PREFIX,
-                repr(at + self.redrive_after_s),
-                json.dumps(later, separators=(",", ":")),
-            ],
-        )
+        return [
+            key,
+            state,
+            repr(at),
+            self.ttl_s,
+            fld,
+            value,
+            self._audit_maxlen,
+            "1" if applied else "0",
+            ENTRY_PREFIX,
+            INFLIGHT_PREFIX,
+            repr(at + self.redrive_after_s),
+            json.dumps(later, separators=(",", ":")),
+        ]
+
+    def _finished(self, key: str, state: State, raw: Any) -> Finished:
         if not int(raw[0]):
             return Finished(False)
         log.debug("firing_finished", key=key, state=state)  # execution logs the firing once
