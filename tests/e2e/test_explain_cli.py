@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import redis
 from typer.testing import CliRunner
 
 from tests.e2e.conftest import RuntimeFactory
@@ -14,6 +15,12 @@ from tests.support.dispatchers import Collector
 from worker.cli import app
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
+
+
+@pytest.fixture(autouse=True)
+def _empty_redis(redis_client: redis.Redis) -> None:
+    """The CLI reads the shared Redis (ledger, watermark): start each test on an empty one."""
+
 
 RULES = """
 rules:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 from typer.testing import CliRunner
 
 from tests.e2e.conftest import RuntimeFactory
@@ -19,6 +20,12 @@ from worker.execution.execute import execute
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
 from worker.state.history import HistoryQuery, read_history
+
+
+@pytest.fixture(autouse=True)
+def _empty_redis(redis_client: redis.Redis) -> None:
+    """The CLI reads the shared Redis (ledger, watermark): start each test on an empty one."""
+
 
 RULES = """
 rules:

@@ -9,10 +9,18 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+import redis
 from typer.testing import CliRunner
 
 from worker.cli import app
 from worker.simulator.testing import SimulatorHandle
+
+
+@pytest.fixture(autouse=True)
+def _empty_redis(redis_client: redis.Redis) -> None:
+    """The CLI reads the shared Redis (ledger, watermark): start each test on an empty one."""
+
 
 RULES = """
 agents:
