@@ -20,6 +20,7 @@ import redis
 
 from tests.e2e._exec_helpers import flush_redis
 from tests.support.dispatchers import Collector
+from tests.support.leading import lead
 from worker.api.errors import MalformedResponse
 from worker.logs import configure_logging
 from worker.rules.book import Rulebook
@@ -27,7 +28,6 @@ from worker.rules.loader import load_texts
 from worker.runtime import Runtime
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
-from worker.state.lease import LeaderLease
 from worker.state.quarantine import QUARANTINE_KEY
 
 RULES = """
@@ -91,9 +91,7 @@ def loop(
     )
     collector = Collector()
     the_loop = Loop(runtime, collector)
-    lease = LeaderLease(runtime.redis, "scheduler", 30, runtime.clock)
-    assert lease.try_acquire()
-    the_loop.fencing_token = lambda: lease.token
+    lead(the_loop, 30)
     yield the_loop, collector
     runtime.close()
 

@@ -25,6 +25,7 @@ from dramatiq.errors import Retry
 from tests.chaos.harness import RedisServer
 from tests.e2e._exec_helpers import applied_posts, flush_redis, plan_and_claim, runtime_on
 from tests.support.dispatchers import Collector
+from tests.support.leading import lead
 from worker.api.client import ApiClient
 from worker.api.errors import GeneralError, RateLimited, TransportError
 from worker.api.services import SEND_PATHS
@@ -35,7 +36,6 @@ from worker.runtime import Runtime
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
 from worker.state.api_pause import FAILURE_THRESHOLD, PAUSE_KEY, SharedPause
-from worker.state.lease import LeaderLease
 
 EMPTY_PAGE = {"total": 0, "limit": 50, "skip": 0, "data": []}
 URL = "http://api.test"
@@ -147,9 +147,7 @@ def loop(simulator: SimulatorHandle, redis_url: str) -> Iterator[tuple[Loop, Col
     with runtime_on(simulator, redis_url, WAITING) as runtime:
         collector = Collector()
         the_loop = Loop(runtime, collector)
-        lease = LeaderLease(runtime.redis, "scheduler", 3600, runtime.clock)
-        assert lease.try_acquire()
-        the_loop.fencing_token = lambda: lease.token
+        lead(the_loop, 3600)
         yield the_loop, collector
 
 

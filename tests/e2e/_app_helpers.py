@@ -9,11 +9,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support.dispatchers import TEST_POLL_TIMEOUT_MS
+from tests.support.leading import lead
 from worker.app import App
 from worker.queue.actors import QUEUE
 from worker.scheduling.tick import Loop, TickReport
 from worker.simulator.testing import SimulatorHandle
-from worker.state.lease import LeaderLease
 
 JOIN_TIMEOUT_MS = 30_000
 
@@ -45,9 +45,7 @@ def app_on(
 def leader_loop(built: App) -> Loop:
     """The app's loop holding the leader lease, so it may move the watermark."""
     loop = built.loop()
-    lease = LeaderLease(built.runtime.redis, "scheduler", 30, built.runtime.clock)
-    assert lease.try_acquire(), "another test holds the scheduler lease"
-    loop.fencing_token = lambda: lease.token
+    lead(loop, 30)
     return loop
 
 

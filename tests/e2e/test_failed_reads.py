@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from tests.e2e.conftest import RuntimeFactory
 from tests.support.dispatchers import Inline
+from tests.support.leading import lead
 from worker.metrics import REGISTRY
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
-from worker.state.lease import LeaderLease
 
 REFUND = """
 rules:
@@ -30,9 +30,7 @@ def test_a_conversation_whose_read_failed_is_read_again_on_a_following_tick(
 ) -> None:
     runtime = make_runtime(REFUND, read_retries=1)
     loop = Loop(runtime, Inline(runtime))
-    lease = LeaderLease(runtime.redis, "scheduler", 3600, runtime.clock)
-    assert lease.try_acquire()  # the leader's watermark moves past what it polled
-    loop.fencing_token = lambda: lease.token
+    lead(loop, 3600)
     conv = simulator.sim.new_conversation(channel="sms", text="I want a refund")["id"]
     simulator.sim.set_faults(error_rate=1.0, paths=[SMS_MESSAGES])
     loop.poll_once()  # the record is seen, its messages answer 500s: left out of this tick

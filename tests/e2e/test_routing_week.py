@@ -26,11 +26,11 @@ from tests.scenarios.routing_properties import (
     waiting_unassigned,
 )
 from tests.support.dispatchers import Inline
+from tests.support.leading import lead
 from worker.api.models import Conversation
 from worker.rules.routing import waiting_since
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
-from worker.state.lease import LeaderLease
 
 # The busy run re-reads a long waiting line every minute: 2 days keep CI quick; the whole
 # week passes too (ROUTING_BUSY_DAYS=7, about 3 minutes).
@@ -72,9 +72,7 @@ def _play(
 ) -> tuple[Loop, Week]:  # fmt: skip
     runtime = make_runtime(rules)
     loop = Loop(runtime, Inline(runtime))
-    lease = LeaderLease(runtime.redis, "scheduler", 10**9, runtime.clock)
-    assert lease.try_acquire()
-    loop.fencing_token = lambda: lease.token
+    lead(loop, 10**9)
     rng, sim, week = random.Random(seed), simulator.sim, Week()
     end = simulator.clock.now() + timedelta(days=days)
     while simulator.clock.now() < end:

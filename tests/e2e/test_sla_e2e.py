@@ -10,10 +10,10 @@ from typing import Any
 
 from tests.e2e.conftest import RuntimeFactory
 from tests.support.dispatchers import Inline
+from tests.support.leading import lead
 from worker.clock import FakeClock
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
-from worker.state.lease import LeaderLease
 
 RULES = """
 calendars:
@@ -43,9 +43,7 @@ TOLERANCE = timedelta(seconds=2)
 def make_loop(make_runtime: RuntimeFactory, rules: str) -> Loop:
     runtime = make_runtime(rules)
     loop = Loop(runtime, Inline(runtime))
-    lease = LeaderLease(runtime.redis, "scheduler", 30, runtime.clock)
-    assert lease.try_acquire()
-    loop.fencing_token = lambda: lease.token
+    lead(loop, 30)
     return loop
 
 

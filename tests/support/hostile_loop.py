@@ -11,13 +11,13 @@ from typing import Any
 from tests.e2e._exec_helpers import flush_redis
 from tests.support.dispatchers import Collector
 from tests.support.hostile_api import HostileHandle
+from tests.support.leading import lead
 from worker.clock import Clock
 from worker.logs import configure_logging
 from worker.rules.book import Rulebook
 from worker.rules.loader import load_texts
 from worker.runtime import Runtime
 from worker.scheduling.tick import Loop
-from worker.state.lease import LeaderLease
 
 MATCH_OPEN = """
 rules:
@@ -51,9 +51,7 @@ def hostile_loop(
     )
     collector = Collector()
     loop = Loop(runtime, collector)
-    lease = LeaderLease(runtime.redis, "scheduler", 30, runtime.clock)
-    assert lease.try_acquire()
-    loop.fencing_token = lambda: lease.token
+    lead(loop, 30)
     try:
         yield loop, collector
     finally:
