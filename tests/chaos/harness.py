@@ -666,6 +666,12 @@ class ChaosRun:
         for key in QUEUE_KEYS:
             if n := int(client.hlen(key)):
                 self.report.details.append(f"still queued in {key}: {n}")
+                where = _where_queued(client, key)
+                for msg_id, raw in list(client.hscan_iter(key))[:5]:
+                    self.report.details.append(
+                        f"  {msg_id.decode()} held by {where.get(msg_id, 'nothing (no list, no ack set)')}: "
+                        f"{raw.decode()[:400]}"
+                    )
         for raw in client.zrange(REDRIVE_KEY, 0, 20):
             key = raw.decode()
             entry = {k.decode(): v.decode() for k, v in client.hgetall(ENTRY_PREFIX + key).items()}
@@ -776,3 +782,14 @@ class ChaosRun:
 
 def run_chaos(config: ChaosConfig) -> ChaosReport:
     return ChaosRun(config).run()
+
+
+def _where_queued(client: redis.Redis, msgs_key: str) -> dict[bytes, str]:
+    """Which list or worker ack set holds each message of a queue (diagnostics)."""
+    queue = msgs_key.removesuffix(".msgs")
+    where = {msg: f"list {queue}" for msg in client.lrange(queue, 0, -1)}
+    name = queue.removeprefix("dramatiq:")
+    for key in client.scan_iter(match=f"dramatiq:__acks__.*.{name}"):
+        for msg in client.smembers(key):
+            where[msg] = key.decode()
+    return where

@@ -49,6 +49,7 @@ from worker.state.ledger import ClaimItem, ClaimResult, FiringClaim, Ledger
 from worker.state.own_writes import OwnWrites
 from worker.state.quarantine import Quarantine, is_poison
 from worker.state.sla_pauses import SlaPauses
+from worker.state.stranded import requeue_stranded
 from worker.state.unread import READ_RETRY_RULE, Unread
 from worker.state.watermark import Watermark
 
@@ -217,6 +218,9 @@ class Loop:
             # Every call would wait out the pause anyway; re-driving now only spends the
             # firings' re-drive budget (max_redrives) on an outage.
             return 0
+        if self.runtime.ledger.queued_in is not None:
+            # Before the ledger judges a message "queued": one a live worker dropped is not.
+            requeue_stranded(self.runtime.redis, self.runtime.ledger.queued_in)
         sent = 0
         for key, payload in self.runtime.ledger.due_redrives(self.runtime.clock.now()):
             try:
