@@ -269,3 +269,196 @@ def test_a_step_of_k_replies_costs_k_posts_and_about_two_reads_per_50(
     reads = [r for r in counting.requests if r[0] == "GET"]
     assert len(posts) == k
     assert len(counting.requests) <= k + 2 * -(-k // 50), reads
+
+
+# --- packed message reads (a channel costs about ceil(messages / 50) finds) ----------------------
+
+
+def _message_finds(counting: CountingTransport) -> int:
+    return sum(1 for _, path in counting.requests if "conversation-messages" in path)
+
+
+def _windows_of(simulator: SimulatorHandle, sizes: list[int], *, same_instant: bool = False) -> None:
+    """sms conversations answered by the team, then `sizes[i]` customer messages each (the
+    window: every customer message after the reply), a second apart or all at one instant."""
+    sim = simulator.sim
+    for n, size in enumerate(sizes):
+        cid = sim.new_conversation(channel="sms", text=f"refund {n}")["id"]
+        simulator.clock.advance(1)
+        sim.team_reply(cid)
+        simulator.clock.advance(1)
+        for k in range(size):
+            if not same_instant:
+                simulator.clock.advance(1)
+            sim.customer_message(cid, f"refund? {k}")
+
+
+def _read_all(runtime: Runtime) -> tuple[list[Conversation], list[Snapshot]]:
+    conversations = list(runtime.api.conversations.find({"status": "open"}))
+    reader = SnapshotReader(runtime.api, SlaPauses(runtime.redis))
+    return conversations, reader.read(runtime.rulebook.ruleset, conversations, runtime.clock.now())
+
+
+def test_packed_reads_equal_one_by_one_reads_across_page_cuts(
+    simulator: SimulatorHandle, make_runtime: RuntimeFactory
+) -> None:
+    """Windows of 0 to 120 messages cut by page boundaries anywhere: the same snapshots as
+    reading each alone, in ceil(messages / 50) finds, not one short page per 50 conversations
+    (each 50 here hold 59 messages: unpacked, 2 finds each)."""
+    simulator.clock.set(WED_10)
+    _windows_of(simulator, ([10] + [1] * 49) * 4 + [0, 3, 17, 49, 50, 51, 120, 99, 33])
+    counting = CountingTransport()
+    runtime = make_runtime(RULES, transport=counting)
+    counting.requests.clear()
+    conversations, batched = _read_all(runtime)
+    finds = _message_finds(counting)
+    assert batched == one_by_one(runtime.api, runtime, conversations)
+    lengths = [len(s.messages or ()) for s in batched]
+    assert max(lengths) == 120 and sum(lengths) > 600
+    assert finds <= -(-sum(lengths) // 50) + 1, (finds, sum(lengths))
+
+
+def test_a_window_with_more_than_50_messages_at_one_instant(
+    simulator: SimulatorHandle, make_runtime: RuntimeFactory
+) -> None:
+    """A range cannot split 60 messages created at one instant: after the cut makes no
+    progress, that conversation is paged by $skip; the snapshots stay exact."""
+    simulator.clock.set(WED_10)
+    _windows_of(simulator, [60], same_instant=True)
+    _windows_of(simulator, [3, 70, 0, 1])
+    runtime = make_runtime(RULES)
+    conversations, batched = _read_all(runtime)
+    assert batched == one_by_one(runtime.api, runtime, conversations)
+    assert sorted(len(s.messages or ()) for s in batched) == [1, 2, 3, 60, 70]
+
+
+def test_a_server_that_ignores_the_packed_sort_still_gives_exact_snapshots(
+    simulator: SimulatorHandle, make_runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages not sorted by conversation would make the packing wrong: the reader notices and
+    reads those conversations the unpacked way."""
+    from worker.api import services
+
+    ids = _scene(simulator)
+    runtime = make_runtime(RULES)
+    monkeypatch.setattr(services, "BY_CONVERSATION", {"created_at": -1, "_id": -1})
+    conversations = list(runtime.api.conversations.find({"status": "open"}))
+    batched = SnapshotReader(runtime.api).read(runtime.rulebook.ruleset, conversations, runtime.clock.now())
+    reference = one_by_one(runtime.api, runtime, conversations)
+    assert [s.messages for s in batched] == [s.messages for s in reference]
+    assert len(next(s for s in batched if s.conversation.id == ids["chatty"]).messages or ()) == 60
+
+
+# --- reads only where a rule that uses them can match (worker/rules/needs.py) --------------------
+
+STAGE_RULES = """
+rules:
+  - id: refund-in-stage
+    when: {status: open, pipeline_stage: 5, waiting_for_reply: 1m, message_text: {keywords: [refund]}}
+    then:
+      - note: "refund asked in stage 5"
+"""
+
+
+def test_a_rule_ruled_out_by_the_record_reads_no_messages_until_the_stage_moves(
+    simulator: SimulatorHandle, make_runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = simulator.sim
+    simulator.clock.set(WED_10)
+    cid = sim.new_conversation(channel="sms", text="I want a refund")["id"]
+    sim.human_change(cid, {"pipeline_stage_id": 4})
+    counting = CountingTransport()
+    runtime = make_runtime(STAGE_RULES.replace("pipeline_stage", "stage"), transport=counting)
+    collector = Collector()
+    loop = Loop(runtime, collector)
+    seen: list[Snapshot] = []
+    real = tick.evaluate
+    monkeypatch.setattr(
+        tick, "evaluate", lambda rs, snap, *a, **k: (seen.append(snap), real(rs, snap, *a, **k))[1]
+    )
+    simulator.clock.advance(timedelta(minutes=5))
+    counting.requests.clear()
+    loop.poll_once()
+    assert _message_finds(counting) == 0 and not collector.steps
+    assert [s.messages for s in seen if s.conversation.id == cid] == [None]  # not read, not "none"
+    sim.human_change(cid, {"pipeline_stage_id": 5})
+    simulator.clock.advance(timedelta(seconds=30))
+    seen.clear()
+    loop.poll_once()
+    assert _message_finds(counting) == 1
+    (snapshot,) = [s for s in seen if s.conversation.id == cid]
+    assert snapshot.messages is not None and snapshot.messages[0].message_text == "I want a refund"
+    assert [s.items[0].key.split(":")[0] for s in collector.steps] == ["refund-in-stage"]
+
+
+def test_skipped_reads_give_the_same_decisions_on_seeded_data(
+    simulator: SimulatorHandle, make_runtime: RuntimeFactory
+) -> None:
+    """The shipped rules over 600 seeded conversations, at three instants: the pruned reader's
+    snapshots decide exactly what full snapshots decide, with fewer reads."""
+    from tests.rules.test_needs import SHIPPED
+
+    simulator.sim.seed(600)
+    counting = CountingTransport()
+    runtime = make_runtime(SHIPPED, transport=counting)
+    ruleset = runtime.rulebook.ruleset
+    conversations = list(runtime.api.conversations.find({"status": "open"}))
+    reader = SnapshotReader(runtime.api, SlaPauses(runtime.redis))
+    for hours in (0, 9, 30):
+        now = runtime.clock.now() + timedelta(hours=hours)
+        counting.requests.clear()
+        pruned = reader.read(ruleset, conversations, now, only_needed=True)
+        fewer = len(counting.requests)
+        counting.requests.clear()
+        full = reader.read(ruleset, conversations, now)
+        assert fewer < len(counting.requests)
+        for a, b in zip(pruned, full, strict=True):
+            ea = evaluator.evaluate(ruleset, a, now, with_reasons=False)
+            eb = evaluator.evaluate(ruleset, b, now, with_reasons=False)
+            assert [(m.rule_id, m.firing_key) for m in ea.matches] == [
+                (m.rule_id, m.firing_key) for m in eb.matches
+            ]
+            assert ea.next_due == eb.next_due
+
+
+FOLLOWUP_ONLY = """
+rules:
+  - id: nudge
+    once: per_team_reply
+    when: {status: open, silent_after_reply: 4h}
+    then:
+      - reply: "Anything else?"
+"""
+
+
+@pytest.mark.parametrize("person_first", [False, True], ids=["only-ours", "a-person-replied-first"])
+def test_our_reply_to_a_never_read_conversation_is_its_window(
+    simulator: SimulatorHandle, make_runtime: RuntimeFactory, person_first: bool
+) -> None:
+    """The customer waits: no rule needs the messages, none are read. Our reply makes the
+    follow-up possible; its window (after the customer's last message) holds only our reply,
+    so it is not read back. A person's reply before ours is in the window: then it is read."""
+    simulator.clock.set(WED_10)
+    cid = simulator.sim.new_conversation(channel="sms", text="hello")["id"]
+    if person_first:
+        simulator.clock.advance(1)
+        simulator.sim.team_reply(cid, "a person answers")
+    counting = CountingTransport()
+    runtime = make_runtime(FOLLOWUP_ONLY, transport=counting)
+    ruleset = runtime.rulebook.ruleset
+    reader = SnapshotReader(runtime.api, cache=SnapshotCache(), own_writes=OwnWrites(runtime.redis))
+    before = runtime.api.conversations.get(cid)
+    counting.requests.clear()
+    reader.read(ruleset, [before], runtime.clock.now(), only_needed=True)
+    assert _message_finds(counting) == (1 if person_first else 0)
+    simulator.clock.advance(2)
+    sent = runtime.api.sends.send_message(before, "our reply")
+    OwnWrites(runtime.redis).record([(before, sent)])
+    now = runtime.api.conversations.get(cid)
+    counting.requests.clear()
+    (snap,) = reader.read(ruleset, [now], runtime.clock.now(), only_needed=True)
+    assert _message_finds(counting) == 0
+    assert snap == SnapshotReader(runtime.api).read(ruleset, [now], runtime.clock.now())[0]
+    assert [m.message_text for m in snap.messages or ()] == (
+        ["our reply", "a person answers"] if person_first else ["our reply"]
+    )

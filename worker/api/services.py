@@ -8,8 +8,9 @@ its path, the query the app itself would send, and where `organization_id` goes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from worker.api.client import ApiClient, parse_record
 from worker.api.errors import MalformedResponse, NotFound
@@ -48,6 +49,28 @@ SEND_PATHS: dict[str, str] = {
 }
 NEWEST_FIRST = {"created_at": -1, "_id": -1}
 OLDEST_FIRST = {"created_at": 1, "_id": 1}
+# Packed message reads: conversation by conversation, each newest first.
+BY_CONVERSATION = {"conversation_id": 1, "created_at": -1, "_id": -1}
+
+
+class MessageRange(NamedTuple):
+    """A conversation's messages created after `start` (at or after unless `strict`; None: from
+    the first) and, when `until` is set, at or before `until`."""
+
+    start: datetime | None
+    strict: bool = False
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PackedPage:
+    """One packed find (`MessagesService.packed_page`): the messages it read per conversation,
+    the conversations it read to the end of their range, and the message where it cut the one
+    conversation it could not finish (its range goes on at or before that message)."""
+
+    messages: dict[int, list[Message]]
+    complete: frozenset[int]
+    cut: Message | None
 
 
 def _within(message: Message, window: tuple[datetime | None, bool]) -> bool:
@@ -57,6 +80,14 @@ def _within(message: Message, window: tuple[datetime | None, bool]) -> bool:
         return True
     at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
     return at > start if strict else at >= start
+
+
+def _in_range(message: Message, window: MessageRange) -> bool:
+    at = message.created_at
+    if at is None:
+        return True
+    at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    return _within(message, (window.start, window.strict)) and (window.until is None or at <= window.until)
 
 
 def messages_path(channel: str) -> str:
@@ -179,6 +210,54 @@ class MessagesService:
             if keep and message.conversation_id in out and _within(message, windows[message.conversation_id]):
                 out[message.conversation_id].append(message)
         return out
+
+    def packed_page(
+        self, channel: str, windows: Mapping[int, MessageRange], *, notes: bool = True
+    ) -> PackedPage:
+        """One find over up to 50 conversations' ranges, sorted conversation by conversation
+        (ascending id), each newest first, `$limit` 50 and no `$skip`: a full page finishes
+        every conversation before the last one it holds and cuts that one; those after it are
+        not read. The reader packs the next find with the cut conversation (its range ending
+        at the cut) and the next conversations, so every page but a channel's last is full.
+        A server that does not keep the order fails the find (MalformedResponse)."""
+        if not 1 <= len(windows) <= MAX_PAGE_SIZE:
+            raise ValueError(f"packed_page takes 1 to {MAX_PAGE_SIZE} conversations, got {len(windows)}")
+        branches: list[dict[str, Any]] = []
+        for cid, window in sorted(windows.items()):
+            branch: dict[str, Any] = {"conversation_id": cid}
+            bounds: dict[str, datetime] = {}
+            if window.start is not None:
+                bounds["$gt" if window.strict else "$gte"] = window.start
+            if window.until is not None:
+                bounds["$lte"] = window.until
+            if bounds:
+                branch["created_at"] = bounds
+            branches.append(branch)
+        query: dict[str, Any] = {"$or": branches, "$sort": BY_CONVERSATION, "$limit": MAX_PAGE_SIZE}
+        if not notes:
+            query["message_type"] = {"$ne": "note"}
+        path = messages_path(channel)
+        page = self._client.find_page(path, query)
+        found = [parse_record(Message, raw, path) for raw in page.data]
+        order = [m.conversation_id for m in found]
+        if order != sorted(order):
+            raise MalformedResponse("messages not sorted by conversation_id", method="GET", path=path)
+        out: dict[int, list[Message]] = {cid: [] for cid in windows}
+        for message in found:
+            keep = notes or message.message_type != "note"
+            if (
+                keep
+                and message.conversation_id in out
+                and _in_range(message, windows[message.conversation_id])
+            ):
+                out[message.conversation_id].append(message)
+        more = page.received >= max(1, min(page.limit, MAX_PAGE_SIZE)) and page.total > page.received
+        if not more:
+            return PackedPage(out, frozenset(windows), None)
+        if not found:
+            raise MalformedResponse("a full page of messages without a message", method="GET", path=path)
+        cut = found[-1]
+        return PackedPage(out, frozenset(c for c in windows if c < cut.conversation_id), cut)
 
     def of_conversations(self, channel: str, conversation_ids: Sequence[int]) -> Iterator[Message]:
         """Every message of up to 50 conversations, oldest first: one paged `conversation_id[$in]` find."""

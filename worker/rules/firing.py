@@ -78,6 +78,14 @@ SITUATIONS: dict[Once, Situation] = {
 }
 
 
+def situation_reads_messages(once: Once, conversation: Conversation) -> bool:
+    """Whether the situation's key reads the snapshot's messages for this conversation (a
+    rule whose key does needs them whenever it can match)."""
+    if once == "per_inbound_message":
+        return conversation.last_inbound_at is None
+    return once in ("per_response_cycle", "per_team_reply")
+
+
 def check_situations(situations: Mapping[Once, Situation]) -> None:
     """Every `once` value must say what its situation is and when it starts (checked at import)."""
     missing = set(get_args(Once)) ^ set(situations)

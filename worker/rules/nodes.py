@@ -44,6 +44,12 @@ class Node:
     def due(self, ctx: EvalContext, at: datetime, want: bool) -> datetime | None:
         raise NotImplementedError
 
+    def settled(self, ctx: EvalContext) -> bool | None:
+        """This node's value from `ctx.now` on while the record stays as it is, whatever the
+        messages and contact hold (three-valued: None when it depends on them or on time);
+        see `Condition.settled`."""
+        raise NotImplementedError
+
     def leaves(self) -> Iterator[Leaf]:
         raise NotImplementedError
 
@@ -75,6 +81,14 @@ class Leaf(Node):
             self._static = self.cond.compile()
         return at if self._static(ctx) == want else None
 
+    def settled(self, ctx: EvalContext) -> bool | None:
+        cond = self.cond
+        if cond.time_bound or cond.uses_messages() or cond.uses_contact():
+            return cond.settled(ctx)
+        if self._static is None:
+            self._static = cond.compile()
+        return self._static(ctx)
+
     def leaves(self) -> Iterator[Leaf]:
         yield self
 
@@ -98,6 +112,19 @@ def _converge(nodes: Sequence[Node], ctx: EvalContext, at: datetime, want: bool)
 def _earliest(nodes: Sequence[Node], ctx: EvalContext, at: datetime, want: bool) -> datetime | None:
     dues = [d for d in (n.due(ctx, at, want) for n in nodes) if d is not None]
     return min(dues, default=None)
+
+
+def _kleene(nodes: Sequence[Node], ctx: EvalContext, decisive: bool) -> bool | None:
+    """Three-valued `all` (decisive=False) or `any` (decisive=True): one settled decisive
+    child decides; otherwise settled only when every child is."""
+    result: bool | None = not decisive
+    for node in nodes:
+        value = node.settled(ctx)
+        if value is decisive:
+            return decisive
+        if value is None:
+            result = None
+    return result
 
 
 class AllNode(Node):
@@ -137,6 +164,9 @@ class AllNode(Node):
             return _converge(self.children, ctx, at, True)
         return _earliest(self.children, ctx, at, False)
 
+    def settled(self, ctx: EvalContext) -> bool | None:
+        return _kleene(self.children, ctx, decisive=False)
+
     def leaves(self) -> Iterator[Leaf]:
         for c in self.children:
             yield from c.leaves()
@@ -170,6 +200,9 @@ class AnyNode(AllNode):
             return _earliest(self.children, ctx, at, True)
         return _converge(self.children, ctx, at, False)
 
+    def settled(self, ctx: EvalContext) -> bool | None:
+        return _kleene(self.children, ctx, decisive=True)
+
 
 class NotNode(Node):
     def __init__(self, child: Node, path: str) -> None:
@@ -192,6 +225,10 @@ class NotNode(Node):
 
     def due(self, ctx: EvalContext, at: datetime, want: bool) -> datetime | None:
         return self.child.due(ctx, at, not want)
+
+    def settled(self, ctx: EvalContext) -> bool | None:
+        inner = self.child.settled(ctx)
+        return None if inner is None else not inner
 
     def leaves(self) -> Iterator[Leaf]:
         yield from self.child.leaves()

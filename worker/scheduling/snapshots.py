@@ -4,22 +4,33 @@ One reader for the loop (poll, resync, timers), the executor's re-check,
 `plan`, `explain` and `sla`, so they all evaluate a rule on the same inputs.
 It reads in batches, never one conversation at a time:
 
-- **messages**, only when some enabled rule needs them: per channel, up to 50
-  conversations per find, ``$or`` of ``(conversation_id, created_at > or >= start)``
-  pairs sorted newest first and paged by ``$skip`` until every match is read
-  (`MessagesService.since_many`). The window is what the conditions
+- **messages**, only when some enabled rule needs them: per channel, packed finds
+  (`MessagesService.packed_page`): ``$or`` of up to 50 ``(conversation_id, created_at
+  range)`` pairs sorted conversation by conversation, newest first; a full page
+  finishes every conversation before the one it cuts, and the next find goes on with
+  that one (its range ending where the page cut it) and the next conversations, so a
+  channel costs about ceil(messages / 50) finds (`_read_channel`). A find that fails
+  (or a server that does not keep the order) falls back to `since_many` for that
+  batch, paged by ``$skip``. The window is what the conditions
   read (`worker.rules.cycles.messages_needed_since`): the window is exact, not
   "the newest 50", so a conversation with more than 50 new messages gets them all;
   a conversation the customer never wrote in gets all of its messages;
 - **contacts**, only when some rule needs contact fields: ``id[$in]``, 50 per find;
 - **SLA pauses** from Redis (`worker/state/sla_pauses.py`), one pipeline per batch.
 
+With `only_needed` (the loop), messages and contacts are read only for conversations
+where a rule whose conditions use them can still match, judged on the record
+(`worker/rules/needs.py`); the others get ``messages=None`` ("not read") and no
+contact, which those rules evaluate exactly as they would on the full read.
+
 With a `SnapshotCache` (the loop keeps one) what was read is reused while the
 fields that change it have not moved: a conversation's messages while its
 ``last_inbound_at``/``last_outbound_at``/``last_message_at`` are the same (a
 note moves none of them and no condition reads notes), a contact until the
 next resync re-reads them all. Our own replies (`worker/state/own_writes.py`)
-extend the cached messages without a read. The re-check passes no cache: it
+extend the cached messages without a read, and stand for the whole window of a
+conversation never read when the window now holds only them (`start_from_own`: our
+reply to a customer whose messages no rule needed). The re-check passes no cache: it
 must see the API as it is now.
 
 A conversation whose reads fail is reported (`on_error`) and left out of this
@@ -29,7 +40,7 @@ conversation at a time, so one bad conversation never hides 49 others.
 
 from __future__ import annotations
 
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,13 +48,14 @@ from typing import TypeVar
 
 from worker.api.errors import ApiError
 from worker.api.models import Contact, Conversation, Message
-from worker.api.services import Services
+from worker.api.services import MessageRange, Services
 from worker.config import MAX_PAGE_SIZE
 from worker.logs import get_logger
-from worker.rules.context import Pauses
+from worker.rules.context import NO_PAUSES, Pauses, utc
 from worker.rules.cycles import MessageWindow, messages_needed_since
 from worker.rules.evaluator import Snapshot
 from worker.rules.model import RuleSet
+from worker.rules.needs import ReadNeeds
 from worker.state.own_writes import MessageState, OwnWrite, OwnWrites, message_state
 from worker.state.sla_pauses import SlaPauses
 
@@ -110,6 +122,44 @@ class SnapshotCache:
         )
         return True
 
+    def start_from_own(
+        self, conversation: Conversation, writes: Sequence[OwnWrite], customer_text: bool
+    ) -> bool:
+        """A conversation never read (no rule needed its messages) whose window now holds only
+        our own writes: its entry is those writes, without a read. That is so when, before our
+        first write, no reply followed the customer's last message (which is unchanged) and
+        the window starts after that message (`messages_needed_since`)."""
+        state = message_state(conversation)
+        window = messages_needed_since(conversation, customer_text)
+        inbound = utc(conversation.last_inbound_at)
+        if window.start != inbound or (inbound is not None and not window.strict):
+            return False  # the window holds customer messages we never read
+        first = next(
+            (
+                i
+                for i, w in enumerate(writes)
+                if w.before[0] == state[0] and _no_reply_after_inbound(w.before)
+            ),
+            None,
+        )
+        if first is None:
+            return False
+        # Replayed from the state before our first write; only what the new window holds is kept.
+        self.messages[conversation.id] = CachedMessages(writes[first].before, (), customer_text)
+        if self.extend_with_own(conversation, writes[first:]):
+            return True
+        del self.messages[conversation.id]
+        return False
+
+
+def _no_reply_after_inbound(state: MessageState) -> bool:
+    """The message fields show no customer-facing reply after the customer's last message (and
+    no message at all when the customer never wrote)."""
+    inbound, outbound, last = state
+    if inbound == "none":
+        return outbound == "none" and last == "none"
+    return outbound == "none" or datetime.fromisoformat(outbound) <= datetime.fromisoformat(inbound)
+
 
 @dataclass(frozen=True)
 class _MessageRead:
@@ -118,6 +168,37 @@ class _MessageRead:
     fail: SnapshotErrorHook
     wider: Mapping[int, datetime | None]
     customer_text: bool
+
+
+@dataclass(frozen=True)
+class _Carried:
+    """A conversation a packed find cut: what was read of it, and the message it was cut at."""
+
+    conversation: Conversation
+    messages: tuple[Message, ...]
+    cut: Message
+
+    def joined(self, more: Sequence[Message]) -> list[Message]:
+        """What was read before, then the rest (its range ends at the cut: drop what repeats)."""
+        seen = {m.id for m in self.messages}
+        return [*self.messages, *(m for m in more if m.id not in seen)]
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """The conversations whose messages, and whose contacts, a pass reads."""
+
+    messages: Sequence[Conversation]
+    contacts: Sequence[Conversation]
+
+    def only_needed(self, ruleset: RuleSet, now: datetime, pauses: Mapping[int, Pauses]) -> _Wanted:
+        needs = ReadNeeds(ruleset)
+        records = {c.id: c for c in (*self.messages, *self.contacts)}
+        reads = {cid: needs.of(c, now, pauses.get(cid, NO_PAUSES)) for cid, c in records.items()}
+        return _Wanted(
+            [c for c in self.messages if reads[c.id].messages],
+            [c for c in self.contacts if reads[c.id].contact],
+        )
 
 
 class SnapshotReader:
@@ -148,6 +229,7 @@ class SnapshotReader:
         contacts: bool | None = None,
         messages: bool | None = None,
         since: Mapping[int, datetime | None] | None = None,
+        only_needed: bool = False,
     ) -> list[Snapshot]:
         """Snapshots of `conversations` (in order); those whose reads failed are left out.
 
@@ -156,6 +238,8 @@ class SnapshotReader:
         `contacts` and `messages` override the rule set's needs (`sla` reads no contact).
         `since` widens a conversation's message window back to an earlier time (the
         re-check's read-back; `rule_window` narrows it again).
+        `only_needed` reads messages and contacts only for conversations where a rule that
+        uses them can still match (`worker/rules/needs.py`); the others get None (not read).
         """
         failed: set[int] = set()
 
@@ -165,19 +249,21 @@ class SnapshotReader:
             if on_error is not None:
                 on_error(conversation, exc)
 
-        read_messages = ruleset.needs_messages if messages is None else messages
-        how = _MessageRead(fail, since or {}, ruleset.reads_customer_text)
-        found = self._messages(conversations, how) if read_messages else {}
-        people = (
-            self._contacts(conversations, fail, refresh_contacts)
-            if (ruleset.needs_contact if contacts is None else contacts)
-            else {}
-        )
+        # Pauses first: judging which reads a rule can use looks at SLA clocks.
         pauses = self._pauses(ruleset, conversations, now, record_pauses)
+        wanted = _Wanted(
+            conversations if (ruleset.needs_messages if messages is None else messages) else (),
+            conversations if (ruleset.needs_contact if contacts is None else contacts) else (),
+        )
+        if only_needed:
+            wanted = wanted.only_needed(ruleset, now, pauses)
+        how = _MessageRead(fail, since or {}, ruleset.reads_customer_text)
+        found = self._messages(wanted.messages, how) if wanted.messages else {}
+        people = self._contacts(wanted.contacts, fail, refresh_contacts) if wanted.contacts else {}
         return [
             Snapshot(
                 conversation,
-                found.get(conversation.id) if read_messages else None,
+                found.get(conversation.id),  # None: not read
                 people.get(conversation.contact_id) if conversation.contact_id is not None else None,
                 pauses.get(conversation.id, {}),
             )
@@ -198,14 +284,71 @@ class SnapshotReader:
         out: dict[int, tuple[Message, ...]] = {}
         # A widened window is not what the cache holds.
         missing = [c for c in conversations if how.wider or not self._from_cache(c, out, how.customer_text)]
-        missing = self._apply_own_writes(missing, out)
+        missing = self._apply_own_writes(missing, out, how.customer_text) if not how.wider else missing
         by_channel: dict[str, list[Conversation]] = defaultdict(list)
         for conversation in missing:
             by_channel[conversation.channel].append(conversation)
         for channel, group in by_channel.items():
-            for batch in _chunks(group, MAX_PAGE_SIZE):
-                self._read_batch(channel, batch, out, how)
+            self._read_channel(channel, group, out, how)
         return out
+
+    def _read_channel(
+        self,
+        channel: str,
+        group: Sequence[Conversation],
+        out: dict[int, tuple[Message, ...]],
+        how: _MessageRead,
+    ) -> None:
+        """A channel's windows in packed finds (`MessagesService.packed_page`): a conversation a
+        full page cuts goes on in the next find beside the next conversations, so a channel costs
+        about ceil(messages / 50) finds, not one per 50 conversations plus a short page each."""
+        queue = deque(sorted(group, key=lambda c: c.id))
+        carry: _Carried | None = None
+        while queue or carry is not None:
+            batch = [carry.conversation] if carry is not None else []
+            while queue and len(batch) < MAX_PAGE_SIZE:
+                batch.append(queue.popleft())
+            windows = {c.id: self._range(c, how, carry) for c in batch}
+            try:
+                page = self.api.messages.packed_page(channel, windows, notes=bool(how.wider))
+            except READ_ERRORS:  # the batch again, unpacked: one failing conversation is found
+                self._read_batch(channel, batch, out, how)
+                carry = None
+                continue
+            before, carry = carry, None
+            for position, conversation in enumerate(batch):
+                got = page.messages[conversation.id]
+                carried = before if before is not None and before.conversation.id == conversation.id else None
+                if carried is not None:
+                    got = carried.joined(got)
+                if conversation.id in page.complete:
+                    self._done(conversation, got, out, how)
+                elif page.cut is not None and conversation.id == page.cut.conversation_id:
+                    if carried is not None and len(got) == len(carried.messages):
+                        # No progress (over 50 messages at one instant): page it by $skip.
+                        self._read_batch(channel, [conversation], out, how)
+                    else:
+                        carry = _Carried(conversation, tuple(got), page.cut)
+                else:  # after the cut: not read yet
+                    queue.extendleft(reversed(batch[position:]))
+                    break
+
+    def _range(self, conversation: Conversation, how: _MessageRead, carry: _Carried | None) -> MessageRange:
+        window = _widened(messages_needed_since(conversation, how.customer_text), conversation.id, how.wider)
+        if carry is not None and carry.conversation.id == conversation.id:
+            return MessageRange(window.start, window.strict, utc(carry.cut.created_at))
+        return MessageRange(window.start, window.strict)
+
+    def _done(
+        self,
+        conversation: Conversation,
+        messages: Sequence[Message],
+        out: dict[int, tuple[Message, ...]],
+        how: _MessageRead,
+    ) -> None:
+        out[conversation.id] = tuple(messages)
+        if self.cache is not None and not how.wider:
+            self.cache.put_messages(conversation, messages, how.customer_text)
 
     def _from_cache(
         self, conversation: Conversation, out: dict[int, tuple[Message, ...]], customer_text: bool
@@ -221,18 +364,20 @@ class SnapshotReader:
         return True
 
     def _apply_own_writes(
-        self, missing: list[Conversation], out: dict[int, tuple[Message, ...]]
+        self, missing: list[Conversation], out: dict[int, tuple[Message, ...]], customer_text: bool
     ) -> list[Conversation]:
         """Conversations whose only news is our own reply: extend the cache instead of reading."""
         cache = self.cache
         if cache is None or self.own_writes is None or not missing:
             return missing
-        known = [c for c in missing if c.id in cache.messages]
-        writes = self.own_writes.read([c.id for c in known]) if known else {}
+        writes = self.own_writes.read([c.id for c in missing])
         still = []
         for conversation in missing:
             own = writes.get(conversation.id)
-            if own and cache.extend_with_own(conversation, own):
+            if own and (
+                cache.extend_with_own(conversation, own)
+                or cache.start_from_own(conversation, own, customer_text)
+            ):
                 out[conversation.id] = cache.messages[conversation.id].messages
             else:
                 still.append(conversation)
@@ -259,10 +404,7 @@ class SnapshotReader:
                 self._read_batch(channel, [conversation], out, how)
             return
         for conversation in batch:
-            messages = tuple(found[conversation.id])
-            out[conversation.id] = messages
-            if self.cache is not None and not how.wider:
-                self.cache.put_messages(conversation, messages, how.customer_text)
+            self._done(conversation, found[conversation.id], out, how)
 
     # --- contacts and pauses --------------------------------------------------------------
 

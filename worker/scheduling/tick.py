@@ -57,7 +57,7 @@ log = get_logger(__name__)
 
 # The resync evaluates this many conversations at a time, not a page (50): their messages are
 # read per channel, 50 conversations a find, and routing loads once per chunk.
-RESYNC_CHUNK = 1000
+RESYNC_CHUNK = 5000
 
 
 class TickStopped(Exception):
@@ -254,6 +254,7 @@ class Loop:
             on_error=self._snapshot_failed,
             record_pauses=not self.dry_run,  # SLA clocks skip the pauses seen on earlier ticks
             refresh_contacts=kind == "resync",  # contact edits do not move the conversation
+            only_needed=True,  # no message or contact read for rules that cannot match
         )
         if self.on_read is not None:  # progress, one step per conversation read
             for _ in snapshots:

@@ -62,6 +62,29 @@ class Condition(BaseModel):
         """Earliest t >= at where the condition equals `want`, records unchanged; None: never."""
         return at if self.test(ctx.at(at)) == want else None
 
+    def uses_messages(self) -> bool:
+        """Whether this condition, as configured, reads the snapshot's messages."""
+        return self.needs_messages
+
+    def uses_contact(self) -> bool:
+        """Whether this condition, as configured, reads the snapshot's contact."""
+        return self.needs_contact
+
+    def settled(self, ctx: EvalContext) -> bool | None:
+        """The value this condition keeps from `ctx.now` on while the record stays as it is,
+        whatever the messages and the contact hold; None when it depends on them or on time.
+
+        The snapshot reader skips reads no rule can use (`worker/rules/needs.py`): a False
+        here must mean that `test` is False and `due(want=True)` is None for every
+        messages and contact the record allows, and a True the same the other way round.
+        """
+        if self.uses_messages() or self.uses_contact():
+            return None
+        value = self.test(ctx)
+        if not self.time_bound:
+            return value
+        return value if self.due(ctx, ctx.now, not value) is None else None
+
     def calendars_used(self) -> Iterable[tuple[str, str]]:
         """(field, calendar name) pairs the loader must resolve."""
         return ()

@@ -3,7 +3,7 @@ reply (follow-up sequences), and quiet hours in the customer's or the org's time
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, time, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -13,7 +13,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 from worker.rules.calendars import Calendar, is_open, next_open
 from worker.rules.conditions.base import CONDITIONS, Condition
 from worker.rules.conditions.timing import ElapsedCondition
-from worker.rules.context import EvalContext
+from worker.rules.context import EvalContext, utc
 from worker.rules.cycles import followup_anchor
 from worker.rules.durations import format_duration
 from worker.rules.sla import cycle_start, deadline, pauses_of
@@ -51,6 +51,23 @@ class SlaCondition(Condition):
 
     def bind_policies(self, policies: Mapping[str, Any]) -> None:
         self._policy = policies[self.policy]
+
+    def uses_messages(self) -> bool:
+        # Only the next-response cycle reads messages (its opener); a policy's own
+        # `applies_to` conditions may read them too.
+        return self.metric == "next_response" or self._applies_uses(lambda c: c.uses_messages())
+
+    def uses_contact(self) -> bool:
+        return self._applies_uses(lambda c: c.uses_contact())
+
+    def _applies_uses(self, uses: Callable[[Condition], bool]) -> bool:
+        applies = getattr(self._policy, "applies", None)
+        return applies is not None and any(uses(leaf.cond) for leaf in applies.leaves())
+
+    def settled(self, ctx: EvalContext) -> bool | None:
+        if self.metric == "next_response" and not _cycle_can_run(ctx):
+            return False  # no cycle: no clock and no deadline, whatever the messages hold
+        return super().settled(ctx)
 
     def label(self) -> str:
         share = "breached" if self.elapsed_share >= 1 else f"{round(self.elapsed_share * 100)}% used"
@@ -100,6 +117,14 @@ class SlaCondition(Condition):
         return next_open(self._cal, t)
 
 
+def _cycle_can_run(ctx: EvalContext) -> bool:
+    """The record allows an open response cycle: open, and the customer wrote after a team reply
+    (`worker.rules.sla.cycle_start`)."""
+    conv = ctx.conv
+    inbound, outbound = utc(conv.last_inbound_at), utc(conv.last_outbound_at)
+    return conv.status != "closed" and inbound is not None and outbound is not None and outbound < inbound
+
+
 @CONDITIONS.register("silent_after_reply")
 class SilentAfterReplyCondition(ElapsedCondition):
     """The customer has been silent this long since the team's reply that anchors a follow-up
@@ -113,6 +138,17 @@ class SilentAfterReplyCondition(ElapsedCondition):
 
     def start(self, ctx: EvalContext) -> datetime | None:
         return followup_anchor(ctx)
+
+    def settled(self, ctx: EvalContext) -> bool | None:
+        """False when the record rules out an anchor or its window, whatever the messages: the
+        anchor is a team reply after the customer's last message, so it was created after
+        `last_inbound_at` and at or before `last_outbound_at`."""
+        inbound, outbound = utc(ctx.conv.last_inbound_at), utc(ctx.conv.last_outbound_at)
+        if outbound is None or (inbound is not None and outbound <= inbound):
+            return False
+        if self.shorter_than is not None and ctx.now >= self._after(outbound, self.shorter_than):
+            return False  # even the latest possible anchor's window has closed
+        return None
 
 
 def _clock(text: str) -> time:
