@@ -40,8 +40,10 @@ def test_action_cost_is_one_bulk_call_per_50() -> None:
 def test_read_cost_batches_reads_and_sends() -> None:
     resync, _, sends = read_cost.main(QUICK)
     for row in resync:
-        assert row.naive is not None and row.cold * 5 < row.naive  # batched, not one by one
-        assert row.after_own == row.warm < row.cold  # nothing moved or only our replies: no read
+        assert row.naive is not None and row.cold.total * 5 < row.naive  # batched, not one by one
+        assert row.after_own == row.warm < row.cold.total  # nothing moved or only our replies: no read
+        assert row.cold.pages + row.cold.routing + row.cold.messages + row.cold.contacts == row.cold.total
+    assert resync[-1].cold.total <= resync[-1].goal  # 746 open: 3·ceil(N/50) = 45
     for send in sends:
         assert send.posts == send.k and send.per_reply <= 1.1
 
