@@ -334,8 +334,7 @@ def _command_runs(
 
     def backtest() -> object:
         since = now - timedelta(days=7)
-        histories = list(fetch_histories(api, since, contacts=ruleset.needs_contact))
-        return replay(ruleset, histories, since, now)
+        return replay(ruleset, fetch_histories(api, since, contacts=ruleset.needs_contact), since, now)
 
     def sla() -> object:
         open_ = list(api.conversations.find({"status": "open"}))

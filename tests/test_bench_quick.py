@@ -7,7 +7,16 @@ import math
 
 import pytest
 
-from bench import action_cost, eval_throughput, growth, latency, poll_cost, read_cost, throughput
+from bench import (
+    action_cost,
+    backtest_cost,
+    eval_throughput,
+    growth,
+    latency,
+    poll_cost,
+    read_cost,
+    throughput,
+)
 
 QUICK = ["--quick", "--no-save"]
 
@@ -46,6 +55,16 @@ def test_read_cost_batches_reads_and_sends() -> None:
     assert resync[-1].cold.total <= resync[-1].goal  # 746 open: 3·ceil(N/50) = 45
     for send in sends:
         assert send.posts == send.k and send.per_reply <= 1.1
+
+
+@pytest.mark.slow
+def test_backtest_cost_reads_50_conversations_of_one_channel_per_find() -> None:
+    (row,) = backtest_cost.main(QUICK)
+    assert row.replayed > 0 and row.firings > 0
+    assert row.requests["conversations"] == math.ceil(row.replayed / 50)
+    # One find per 50 conversations of a channel: at most one partly filled batch per channel (6).
+    assert row.requests["contacts"] <= math.ceil(row.replayed / 50) + 5
+    assert row.requests["other"] == 0
 
 
 @pytest.mark.slow
