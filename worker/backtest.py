@@ -7,8 +7,12 @@ order through the real evaluator and planner and returns a `Report`.
 What is read, in Feathers queries (pages of `$limit` 50, `$skip` for the next):
 
 - the conversations: ``GET /conversations?updated_at[$gte]=<since>&$sort[updated_at]=1&$sort[id]=1``.
-  A conversation not changed since `since` is not replayed (nothing of it
-  happened in the window);
+  A conversation not changed since `since` is not replayed, so a time rule that
+  would have fired on it inside the window with nothing else happening (a
+  follow-up after a team reply sent before `since`, an SLA deadline falling in
+  the window) is not reported: 390 such firings beside 11,462 reported for
+  5,000 seeded conversations; reading every conversation would find them for
+  77 more requests (bench/RESULTS.md, backtest cost);
 - per 50 of them *of one channel*, every message:
   ``GET /conversation-messages-<channel>?conversation_id[$in][]=…&$sort[created_at]=1&$sort[_id]=1``,
   paged until the envelope's `total` is read. Grouping by channel fills the
