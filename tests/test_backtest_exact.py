@@ -41,7 +41,8 @@ from worker.rules.model import RuleSet
 from worker.scheduling.snapshots import rule_window
 from worker.simulator.testing import SimulatorHandle
 
-RULES_DIR = "rules"  # the shipped rules: SLA policies, follow-ups, routing, quiet hours
+# The shipped rules: SLA policies, follow-ups, routing, quiet hours.
+RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 # Beside them: a cap (what has fired counts) and an SLA clock that pauses around the clock.
 EXTRA_RULES = """
 calendars:
