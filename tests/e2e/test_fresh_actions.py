@@ -165,3 +165,45 @@ def _staleness_count(action: str) -> float:
             if sample.name.endswith("_count") and sample.labels.get("action") == action:
                 return sample.value
     return 0.0
+
+
+QUIET_TAG = """
+rules:
+  - id: quiet
+    once: per_conversation
+    when: {status: open, silent_for: 1h}
+    then:
+      - tag: quiet
+"""
+
+
+def test_a_tag_is_not_written_once_the_customer_wrote_after_its_recheck(
+    simulator: SimulatorHandle, make_runtime: RuntimeFactory
+) -> None:
+    """A slow tags step: the customer writes 2 s after the re-check, before the PATCH; the
+    re-read right before the write sees it and the rule, checked again, no longer holds."""
+    transport = ChangeAfterRead()
+    runtime = make_runtime(QUIET_TAG, transport=transport)
+    convs = [simulator.sim.new_conversation(channel="sms")["id"] for _ in range(2)]
+    for conv in convs:
+        simulator.sim.team_reply(conv, "anything else?")
+    simulator.clock.advance(timedelta(hours=1, seconds=1))
+    (step,) = _steps(runtime)
+    assert len(step.items) == 2
+
+    def customer_writes_while_we_check() -> None:
+        simulator.clock.advance(2)  # a slow re-check (rate limit, slow reads)
+        simulator.sim.customer_message(convs[1], "one more thing")
+
+    transport.arm(
+        customer_writes_while_we_check,
+        lambda r: r.url.path == "/conversations" and "id%5B%24in%5D" in str(r.url),
+    )
+    before = _staleness_count("tags")
+    execute(runtime, step)
+    tags = [simulator.sim.conversation(c)["tags"] for c in convs]
+    assert "quiet" in tags[0]
+    assert "quiet" not in tags[1]  # the customer wrote before the call: the rule no longer held
+    entry = runtime.ledger.get(step.items[1].key)
+    assert entry is not None and entry.outcome.get("result") == "skipped"
+    assert _staleness_count("tags") == before + 1  # how old the re-check was when the PATCH left
