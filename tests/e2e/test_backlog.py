@@ -165,6 +165,60 @@ def test_out_of_redrives_an_item_not_applied_is_failed_without_acting(
         assert not [e for e in simulator.sim.audit_log() if e.path == SMS_SEND and e.applied]
 
 
+AUTOMATE = """
+rules:
+  - id: automate
+    when: {status: open}
+    then: [{run_automation: 42}]
+"""
+EXECUTIONS = "/automations-executions"
+
+
+def _verdict_delivery(simulator: SimulatorHandle, built: App, ran_meanwhile: bool) -> str:
+    """An automation item whose messages are all lost until its verdict delivery, executed;
+    `ran_meanwhile`: an earlier attempt had run the automation (its outcome never recorded)."""
+    from worker.execution.execute import execute
+
+    simulator.sim.new_conversation(channel="sms", text="hi")
+    loop = leader_loop(built)
+    (step,) = loop.poll_once().steps
+    collected: list[Step] = []
+    loop.dispatcher = _Keep(collected)  # type: ignore[assignment]
+    built.runtime.redis.delete(QUEUED)
+    for _ in range(built.runtime.ledger.max_redrives):
+        simulator.clock.advance(REDRIVE_AFTER_S + 1)
+        assert loop.redrive_once() == 1
+    if ran_meanwhile:
+        built.runtime.api.automations.run(42, 1)
+    simulator.clock.advance(REDRIVE_AFTER_S + 1)
+    assert loop.redrive_once() == 1  # the verdict delivery
+    execute(built.runtime, collected[-1])
+    return step.items[0].key
+
+
+def test_out_of_redrives_an_automation_that_ran_is_done_not_failed(
+    simulator: SimulatorHandle, tmp_path: Path
+) -> None:
+    """The verdict reads `/automations-executions` back: the run is there, so not failed."""
+    with app_on(simulator, tmp_path, AUTOMATE, redrive_after_s=REDRIVE_AFTER_S) as built:
+        key = _verdict_delivery(simulator, built, ran_meanwhile=True)
+        entry = built.runtime.ledger.get(key)
+        assert entry is not None and entry.state == "done", entry
+        assert entry.outcome.get("already") is True
+        runs = [e for e in simulator.sim.audit_log() if e.path == EXECUTIONS and e.applied]
+        assert len(runs) == 1  # not run again
+
+
+def test_out_of_redrives_an_automation_that_never_ran_is_failed_without_running(
+    simulator: SimulatorHandle, tmp_path: Path
+) -> None:
+    with app_on(simulator, tmp_path, AUTOMATE, redrive_after_s=REDRIVE_AFTER_S) as built:
+        key = _verdict_delivery(simulator, built, ran_meanwhile=False)
+        entry = built.runtime.ledger.get(key)
+        assert entry is not None and entry.state == "failed" and entry.reason.startswith("redrive_limit")
+        assert not [e for e in simulator.sim.audit_log() if e.path == EXECUTIONS]
+
+
 def execute_send_without_ledger(built: App) -> None:
     """The note as an earlier, unrecorded attempt sent it."""
     conversation = built.runtime.api.conversations.get(1)

@@ -456,6 +456,22 @@ class AutomationsService:
         created = self._client.create(AUTOMATION_EXECUTIONS, body, idempotency_key=idempotency_key)
         return parse_record(AutomationExecution, created, AUTOMATION_EXECUTIONS)
 
+    def runs_since(
+        self, automation_id: int | str, conversation_id: int, since: datetime | None
+    ) -> list[AutomationExecution]:
+        """Runs of `automation_id` for the conversation created at or after `since` (a read-back:
+        a find the documentation does not promise, so callers treat an error as "cannot say")."""
+        query: dict[str, Any] = {
+            "organization_id": self._client.organization_id,
+            "automation_id": automation_id,
+            "conversation_id": conversation_id,
+            "$limit": 1,
+        }
+        if since is not None:
+            query["created_at"] = {"$gte": since}
+        page = self._client.find_page(AUTOMATION_EXECUTIONS, query)
+        return self._client.parse_records(AutomationExecution, page.data, AUTOMATION_EXECUTIONS)
+
 
 class FilesService:
     """Attachments: upload signing and the file record a send may carry."""
