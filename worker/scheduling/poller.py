@@ -5,7 +5,8 @@ poll asks for `updated_at >= watermark` and, for further pages, moves its lower
 bound up to the last `updated_at` it received (skipping only the records it has
 already read at exactly that timestamp), so a record updated while we page is
 seen on a later page or the next tick rather than skipped. With nothing changed
-a tick costs one request.
+a tick costs one request. A record seen earlier in the tick that comes back
+with another `updated_at` (it changed while we paged) is processed again.
 
 A record that does not parse, or an item of `data` that is not an object at all
 (`null`), is skipped with one rate-limited log line (`record_malformed`,
@@ -106,14 +107,17 @@ class Poller:
         # Start at the watermark itself: records seen there may have changed since (and
         # moved later in the order), so we filter them by id instead of skipping by count.
         since, skip_at_since = state.updated_at, 0
-        seen_ids: set[int] = set()
+        # A record seen earlier in this tick comes back when it changed since (a customer
+        # wrote, or our own write landed): it is new again. Dropping it would let the
+        # watermark pass its change with the records after it.
+        seen: dict[int, datetime | None] = {}
         while not _ends(budget, "incremental"):
             query: dict[str, Any] = {"$sort": {"updated_at": 1, "id": 1}}
             if since is not None:
                 query["updated_at"] = {"$gte": since}
             read = self._page(query, skip_at_since, "incremental", budget)
-            fresh = [c for c in read.records if c.id not in seen_ids]
-            seen_ids.update(c.id for c in fresh)
+            fresh = [c for c in read.records if c.id not in seen or seen[c.id] != c.updated_at]
+            seen.update((c.id, c.updated_at) for c in fresh)
             yield PollPage(filter_new_records(state, fresh), self._limit(read, fresh))
             if not read.full or _repeats(read.records, fresh, "incremental", budget.pages):
                 return
