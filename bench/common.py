@@ -369,10 +369,11 @@ class Sandbox:
 
 
 @contextmanager
-def sandbox_process(seed: int = 0) -> Iterator[Sandbox]:
-    """Start `python -m worker sandbox` on a free port; stop it on exit."""
+def sandbox_process(seed: int = 0, *, strict: bool = False) -> Iterator[Sandbox]:
+    """Start `python -m worker sandbox` on a free port (`strict`: documented fields only); stop it on exit."""
     port = free_port()
     command = [sys.executable, "-m", "worker", "sandbox", "--port", str(port), "--seed", str(seed)]
+    command += ["--strict"] if strict else []
     with tempfile.TemporaryFile() as errors:
         process = subprocess.Popen(
             command, env=clean_env(api_token=TOKEN), stdout=subprocess.DEVNULL, stderr=errors

@@ -11,6 +11,7 @@ from bench import (
     action_cost,
     backtest_cost,
     eval_throughput,
+    first_sync,
     growth,
     latency,
     poll_cost,
@@ -114,3 +115,14 @@ def test_throughput_delivers_one_reply_per_waiting_conversation() -> None:
         "worker API client: send + batched reads (2 per 50)",
     }
     assert all(c.calls > 0 for c in ceilings)
+
+
+@pytest.mark.slow
+def test_first_sync_applies_every_firing_once_in_both_runs() -> None:
+    ours, naive = first_sync.main([*QUICK, "--timeout", "120"])
+    for run in (ours, naive):
+        assert len(run.expected) > 100
+        assert (run.missing(), sum(run.watch.repeats.values())) == (0, 0)
+    # The naive script: one scan, one contact find per 50 follow-ups, one call per firing.
+    assert sum(naive.requests.values()) == 4 + 1 + len(naive.expected)
+    assert ours.requests[("POST", "/conversations-bulk-actions")] < len(ours.expected) / 5
