@@ -46,7 +46,7 @@ from bench.eval_throughput import RULES_DIR
 from worker.api.errors import NotFound
 from worker.api.models import Contact, Conversation
 from worker.api.services import Services
-from worker.backtest import fetch_histories, replay
+from worker.backtest import fetch_histories, read_ahead, replay
 from worker.cli.sla_cmds import sla_clocks
 from worker.clock import SystemClock
 from worker.execution.execute import execute
@@ -334,7 +334,8 @@ def _command_runs(
 
     def backtest() -> object:
         since = now - timedelta(days=7)
-        return replay(ruleset, fetch_histories(api, since, contacts=ruleset.needs_contact), since, now)
+        found = fetch_histories(api, since, contacts=ruleset.needs_contact)
+        return replay(ruleset, read_ahead(found), since, now)
 
     def sla() -> object:
         open_ = list(api.conversations.find({"status": "open"}))

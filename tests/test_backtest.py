@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from worker.api.client import ApiClient
+from worker.api.errors import NotFound
 from worker.api.services import Services
-from worker.backtest import Report, fetch_histories, format_table, replay
+from worker.backtest import Report, fetch_histories, format_table, read_ahead, replay
 from worker.cli import app
 from worker.config import load_settings
 from worker.rules.loader import load_texts
@@ -184,3 +187,30 @@ def test_sla_breaches_come_from_sla_rules_only_and_the_rest_is_counted(simulator
     text = format_table(report, detail=1)
     assert "SLA breaches caught: 3" in text
     assert "  … and 2 more (--json lists them all)" in text
+
+
+def test_read_ahead_keeps_the_order_and_raises_a_reading_error_in_its_place() -> None:
+    def reading() -> Iterator[int]:
+        yield from range(120)
+        raise NotFound("gone", path="/conversation-messages-sms")
+
+    got: list[int] = []
+    with pytest.raises(NotFound):
+        for n in read_ahead(reading(), depth=7):
+            got.append(n)
+    assert got == list(range(120))
+
+
+def test_read_ahead_stops_reading_when_the_replay_stops() -> None:
+    read: list[int] = []
+
+    def reading() -> Iterator[int]:
+        for n in range(10_000):
+            read.append(n)
+            yield n
+
+    ahead = read_ahead(reading(), depth=5)
+    assert [next(ahead) for _ in range(3)] == [0, 1, 2]
+    ahead.close()
+    assert len(read) <= 3 + 5 + 1  # no further than its depth
+    assert not [t for t in threading.enumerate() if t.name == "backtest-read-ahead"]  # and it ended
