@@ -201,6 +201,10 @@ def test_read_ahead_keeps_the_order_and_raises_a_reading_error_in_its_place() ->
     assert got == list(range(120))
 
 
+def test_read_ahead_passes_none_on_as_an_item() -> None:
+    assert list(read_ahead([1, None, 2], depth=1)) == [1, None, 2]
+
+
 def test_read_ahead_stops_reading_when_the_replay_stops() -> None:
     read: list[int] = []
 

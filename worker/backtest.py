@@ -84,7 +84,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from worker.api.models import Contact, Conversation, Message
 from worker.api.services import Services
@@ -197,10 +197,11 @@ def read_ahead(histories: Iterable[T], depth: int = READ_AHEAD) -> Iterator[T]:
     """`histories`, read by a background thread up to `depth` ahead of the caller, so the API's
     round trips overlap the replay's CPU (alone, each waits for the other: on a loaded machine
     a request's round trip is tens of milliseconds). A reading error is raised here, in order."""
-    ahead: queue.Queue[tuple[T | None, BaseException | None]] = queue.Queue(maxsize=depth)
+    # (more to come, the item, the reading's error): an item may be anything, None included
+    ahead: queue.Queue[tuple[bool, T | None, BaseException | None]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
-    def put(item: tuple[T | None, BaseException | None]) -> bool:
+    def put(item: tuple[bool, T | None, BaseException | None]) -> bool:
         while not stop.is_set():
             try:
                 ahead.put(item, timeout=READ_AHEAD_POLL_S)
@@ -212,12 +213,12 @@ def read_ahead(histories: Iterable[T], depth: int = READ_AHEAD) -> Iterator[T]:
     def read() -> None:
         try:
             for history in histories:
-                if not put((history, None)):
+                if not put((True, history, None)):
                     return  # the caller stopped
         except BaseException as exc:  # handed to the caller, raised there
-            put((None, exc))
+            put((False, None, exc))
             return
-        put((None, None))
+        put((False, None, None))
 
     reader = threading.Thread(target=read, name="backtest-read-ahead", daemon=True)
     # The replay holds the GIL between switches: the reader, back from a response, waits up
@@ -228,12 +229,12 @@ def read_ahead(histories: Iterable[T], depth: int = READ_AHEAD) -> Iterator[T]:
     reader.start()
     try:
         while True:
-            history, error = ahead.get()
+            more, history, error = ahead.get()
             if error is not None:
                 raise error
-            if history is None:
+            if not more:
                 return
-            yield history
+            yield cast(T, history)  # with more=True the reader put an item
     finally:
         stop.set()
         reader.join(timeout=READ_AHEAD_POLL_S * 10)
