@@ -21,7 +21,7 @@ from worker.execution.recheck import (
     read_many,
 )
 from worker.execution.registry import executor
-from worker.execution.runs import Run, StepError, finish, finish_all, idempotency_key
+from worker.execution.runs import Result, Run, StepError, finish_all, finish_each, idempotency_key
 from worker.metrics import RECONCILIATIONS
 from worker.rules.firing import BulkChange, Step
 from worker.runtime import Runtime
@@ -60,7 +60,10 @@ def execute_bulk(runtime: Runtime, step: Step, runs: list[Run]) -> None:
     for _ in range(MAX_RECHECKS):
         # What the runs' rules read (messages, contacts, SLA pauses), in batches of 50.
         states = prefetch(runtime, records, read_at, to_check)
-        ready += [run for run in to_check if _bulk_needed(runtime, run, records, states, target)]
+        verdicts = [(run, _bulk_verdict(runtime, run, records, states, target)) for run in to_check]
+        # The items that need no call end together: one ledger round trip, one line per outcome.
+        finish_each(runtime, [(run, *verdict) for run, verdict in verdicts if verdict is not None])
+        ready += [run for run, verdict in verdicts if verdict is None and not out_of_redrives(runtime, run)]
         checked = {run.item.conversation_id: records[run.item.conversation_id] for run in ready}
         moved, records, read_at = changed_since(runtime, checked, read_at)
         to_check = [run for run in ready if run.item.conversation_id in moved]
@@ -89,27 +92,23 @@ def _call(runtime: Runtime, change: BulkChange, remaining: list[Run], read_at: d
     finish_all(runtime, remaining, "done", processed_count=count, batch=len(ids), staleness_ms=staleness_ms)
 
 
-def _bulk_needed(
+def _bulk_verdict(
     runtime: Runtime,
     run: Run,
     records: Mapping[int, Conversation],
     states: Mapping[int, Fresh],
     target: Mapping[str, Any],
-) -> bool:
+) -> tuple[Result, dict[str, Any]] | None:
+    """The item's outcome when it needs no call (gone, already applied, moot), else None."""
     conversation = records.get(run.item.conversation_id)
     if conversation is None:
-        finish(runtime, run, "skipped", reason="gone: the conversation no longer exists")
-        return False
+        return "skipped", {"reason": "gone: the conversation no longer exists"}
     if at_target(conversation, target):
         # Fields already there: our earlier attempt (or a person) applied it.
         if run.attempt > 1:
             RECONCILIATIONS.labels(result="already_applied").inc()
-        finish(runtime, run, "done", already=True)
-        return False
+        return "done", {"already": True}
     if run.attempt > 1:
         RECONCILIATIONS.labels(result="not_applied").inc()
     reason = moot_reason(runtime, run, states[conversation.id])
-    if reason is not None:
-        finish(runtime, run, "skipped", reason=reason)
-        return False
-    return not out_of_redrives(runtime, run)
+    return ("skipped", {"reason": reason}) if reason is not None else None

@@ -24,7 +24,7 @@ from worker.execution.recheck import (
     out_of_redrives,
 )
 from worker.execution.registry import executor
-from worker.execution.runs import Run, StepError, finish, idempotency_key
+from worker.execution.runs import Run, StepError, finish, finish_all, idempotency_key
 from worker.metrics import RECONCILIATIONS
 from worker.rules.actions import ACTIONS as ACTION_TYPES
 from worker.rules.actions import NoteAction, ReplyAction
@@ -253,11 +253,13 @@ def _send_one(
             **media,
         )
         staleness_ms = observe_staleness(runtime, plan.message_type, fresh.read_at)
-        runtime.sent.attribute(fresh.conversation.id, sent.id, run.item.key)
-        finish(
+        # Durable before the next send, in one round trip: the outcome and the message's
+        # attribution to this item (the read-back's proof), in one ledger script.
+        finish_all(
             runtime,
-            run,
+            [run],
             "done",
+            attributed=(fresh.conversation.id, sent.id),
             message_id=sent.id,
             message_type=plan.message_type,
             staleness_ms=staleness_ms,

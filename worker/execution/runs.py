@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -46,23 +48,39 @@ class Run:
         return self.item.firing_key
 
 
+Outcome = tuple[Run, Result, Mapping[str, Any]]
+
+
 def finish(runtime: Runtime, run: Run, result: Result, **detail: Any) -> None:
     """Record the item's final outcome in the ledger, the metrics and one log line."""
     finish_all(runtime, [run], result, **detail)
 
 
-def finish_all(runtime: Runtime, runs: Sequence[Run], result: Result, **detail: Any) -> None:
-    """`finish` for several items with one outcome (a bulk call's): one Redis round trip."""
-    runs = [run for run in runs if not run.finished]
-    if not runs:
+def finish_all(
+    runtime: Runtime,
+    runs: Sequence[Run],
+    result: Result,
+    *,
+    attributed: tuple[int, str] | None = None,
+    **detail: Any,
+) -> None:
+    """`finish` for several items with one outcome (a bulk call's): one Redis round trip.
+
+    `attributed` = (conversation id, message id) the items sent: recorded with the outcome."""
+    finish_each(runtime, [(run, result, detail) for run in runs], attributed=attributed)
+
+
+def finish_each(
+    runtime: Runtime, outcomes: Sequence[Outcome], *, attributed: tuple[int, str] | None = None
+) -> None:
+    """Record each item's own outcome, all in one Redis round trip; one log line per rule and
+    outcome (a bulk call's 50 items are one line, with their keys and conversations)."""
+    outcomes = [(run, result, detail) for run, result, detail in outcomes if not run.finished]
+    if not outcomes:
         return
-    if result == "failed":
-        state: State = "failed"
-        record: dict[str, Any] = {"reason": str(detail.get("reason", "failed"))[:MAX_REASON_CHARS]}
-    else:
-        state, record = "done", {"result": result, **detail}
-    results = runtime.ledger.finish_items([(run.item.key, state, record) for run in runs])
-    for run, finished in zip(runs, results, strict=True):
+    sent = {run.item.key: attributed for run, _, _ in outcomes} if attributed is not None else None
+    results = runtime.ledger.finish_items([_ledger_record(*o) for o in outcomes], sent=sent)
+    for (run, result, _), finished in zip(outcomes, results, strict=True):
         run.finished = True
         run.next_key = finished.next_key
         if finished.skipped:
@@ -75,30 +93,63 @@ def finish_all(runtime: Runtime, runs: Sequence[Run], result: Result, **detail: 
                 skipped=list(finished.skipped),
                 outcome=result,
             )
-        FIRINGS.labels(rule=run.item.rule_id, outcome=result).inc()
-        ACTIONS.labels(action=run.action, outcome=result).inc()
-        _log_outcome(run, result, detail)
+    _count(outcomes)
+    for group, result, detail in _grouped(outcomes):
+        _log_outcome(group, result, detail)
+
+
+def _ledger_record(run: Run, result: Result, detail: Mapping[str, Any]) -> tuple[str, State, dict[str, Any]]:
+    if result == "failed":
+        return run.item.key, "failed", {"reason": str(detail.get("reason", "failed"))[:MAX_REASON_CHARS]}
+    return run.item.key, "done", {"result": result, **detail}
+
+
+def _count(outcomes: Sequence[Outcome]) -> None:
+    firings = Counter((run.item.rule_id, result) for run, result, _ in outcomes)
+    for (rule, result), n in firings.items():
+        FIRINGS.labels(rule=rule, outcome=result).inc(n)
+    actions = Counter((run.action, result) for run, result, _ in outcomes)
+    for (action, result), n in actions.items():
+        ACTIONS.labels(action=action, outcome=result).inc(n)
+
+
+def _grouped(outcomes: Sequence[Outcome]) -> list[tuple[list[Run], Result, Mapping[str, Any]]]:
+    """Items of one rule with the same outcome and detail, in order of first appearance."""
+    groups: dict[tuple[str, str, str], tuple[list[Run], Result, Mapping[str, Any]]] = {}
+    for run, result, detail in outcomes:
+        key = (run.item.rule_id, result, json.dumps(detail, sort_keys=True, default=str))
+        groups.setdefault(key, ([], result, detail))[0].append(run)
+    return list(groups.values())
 
 
 def note_retry(run: Run, error: ApiError) -> None:
     """The item stays pending: log and count the transient failure (dramatiq retries)."""
     ACTIONS.labels(action=run.action, outcome="retry").inc()
-    _log_outcome(run, "retry", {"error": str(error)[:MAX_REASON_CHARS], "status": error.status})
+    _log_outcome([run], "retry", {"error": str(error)[:MAX_REASON_CHARS], "status": error.status})
 
 
-def _log_outcome(run: Run, outcome: str, detail: Mapping[str, Any]) -> None:
+def _log_outcome(runs: Sequence[Run], outcome: str, detail: Mapping[str, Any]) -> None:
     # A failure is final and needs a person (the reason says why): it must not hide among
     # the info lines. Retries and skips are routine.
     emit = log.warning if outcome == "failed" else log.info
+    first = runs[0]
+    latency_ms = round((time.perf_counter() - min(run.started for run in runs)) * 1000, 1)
+    if len(runs) == 1:
+        where: dict[str, Any] = {"conversation": first.item.conversation_id, "key": first.item.key}
+    else:  # one line for the items of one call (a bulk action): their keys and conversations
+        where = {
+            "conversations": [run.item.conversation_id for run in runs],
+            "keys": [run.item.key for run in runs],
+            "count": len(runs),
+        }
     emit(
         "firing_executed",
-        rule=run.item.rule_id,
-        conversation=run.item.conversation_id,
-        action=run.action,
-        key=run.item.key,
+        rule=first.item.rule_id,
+        action=first.action,
+        **where,
         outcome=outcome,
-        attempt=run.attempt,
-        latency_ms=round((time.perf_counter() - run.started) * 1000, 1),
+        attempt=max(run.attempt for run in runs),
+        latency_ms=latency_ms,
         **detail,
     )
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
@@ -60,6 +60,7 @@ from worker.clock import Clock, from_epoch, to_epoch
 from worker.logs import get_logger
 from worker.metrics import LEDGER_DEDUPES
 from worker.rules.firing import firing_of, split_firing_key
+from worker.state.sent import PREFIX as SENT_PREFIX
 
 PREFIX = "inboxpilot:"
 ENTRY_PREFIX = f"{PREFIX}ledger:"
@@ -272,48 +273,86 @@ redis.call('expire', KEYS[3], 3600)
 return 1
 """
 
-_BEGIN_ATTEMPT = """
--- KEYS: entry, redrive   ARGV: key, now, redrive_at, ttl
-if redis.call('hget', KEYS[1], 'state') ~= 'pending' then return {0, 0} end
-local n = redis.call('hincrby', KEYS[1], 'attempts', 1)
-redis.call('hset', KEYS[1], 'updated_at', ARGV[2])
-redis.call('expire', KEYS[1], ARGV[4])
-redis.call('zadd', KEYS[2], ARGV[3], ARGV[1])
-return {n, tonumber(redis.call('hget', KEYS[1], 'verdict') or '0')}
+_BEGIN_MANY = """
+-- KEYS: redrive   ARGV: now, redrive_at, ttl, entry_prefix, then the item keys
+-- Returns per item: attempt number (0: not pending, do not act), verdict flag.
+local unpack = unpack or table.unpack
+local out, due = {}, {}
+for i = 5, #ARGV do
+  local entry = ARGV[4] .. ARGV[i]
+  local e = redis.call('hmget', entry, 'state', 'verdict')
+  if e[1] ~= 'pending' then
+    table.insert(out, 0)
+    table.insert(out, 0)
+  else
+    table.insert(out, redis.call('hincrby', entry, 'attempts', 1))
+    table.insert(out, tonumber(e[2] or '0'))
+    redis.call('hset', entry, 'updated_at', ARGV[1])
+    redis.call('expire', entry, ARGV[3])
+    table.insert(due, ARGV[2])
+    table.insert(due, ARGV[i])
+  end
+end
+for j = 1, #due, 1000 do redis.call('zadd', KEYS[1], unpack(due, j, math.min(j + 999, #due))) end
+return out
 """
 
-_FINISH = (
+FINISH_ARGS = 8  # per item: key, state, field, value, advance, later outcome, sent hash, message id
+
+_FINISH_MANY = (
     _CHAIN_LUA
-    + """
--- KEYS: entry, redrive, audit
--- ARGV: key, state, now, ttl, field, value, maxlen, advance ('1': the action was applied),
---       entry_prefix, inflight_prefix, redrive_at, outcome of the later actions when not advancing
--- Returns {0} when the item was not pending, else {1, next key queued or '', skipped keys...}.
-if redis.call('hget', KEYS[1], 'state') ~= 'pending' then return {0} end
-redis.call('hset', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3], ARGV[5], ARGV[6])
-redis.call('expire', KEYS[1], ARGV[4])
-redis.call('zrem', KEYS[2], ARGV[1])
-local e = redis.call('hmget', KEYS[1], 'rule_id', 'conversation_id', 'attempts')
-redis.call('xadd', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'key', ARGV[1], 'state', ARGV[2],
-  'rule_id', e[1] or '', 'conversation_id', e[2] or '', 'attempts', e[3] or '0',
-  ARGV[5], ARGV[6], 'at', ARGV[3])
-local applied = ARGV[8] == '1'
-settle_agent(KEYS[1], ARGV[1], applied, ARGV[3], ARGV[10])
-if applied then
-  local nxt = redis.call('hget', KEYS[1], 'next')
-  if nxt and redis.call('hget', ARGV[9] .. nxt, 'state') == 'waiting' then
-    -- In the re-drive set in the same script: a worker killed before it queues the next
-    -- action cannot lose it.
-    redis.call('hset', ARGV[9] .. nxt, 'state', 'pending', 'updated_at', ARGV[3])
-    redis.call('zadd', KEYS[2], ARGV[11], nxt)
-    return {1, nxt}
+    + f"""
+-- KEYS: redrive, audit
+-- ARGV: now, ttl, maxlen, entry_prefix, inflight_prefix, redrive_at, n, then {FINISH_ARGS} per item:
+--       key, state, field, value, advance ('1': the action was applied), outcome of the later
+--       actions when not advancing, the sent-messages hash ('' = none) and the message id the
+--       item sent (attributed to it in the same script as its outcome)
+-- Returns per item {{0}} when it was not pending, else {{1, next key queued or '', skipped keys...}}.
+local unpack = unpack or table.unpack
+local now, ttl, maxlen, prefix, inflight = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local n, W = tonumber(ARGV[7]), {FINISH_ARGS}
+local out, done = {{}}, {{}}
+for i = 0, n - 1 do
+  local b = 7 + i * W
+  local key, state, fld, value = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  local entry = prefix .. key
+  local e = redis.call('hmget', entry, 'state', 'rule_id', 'conversation_id', 'attempts', 'agent', 'next')
+  local r = {{0}}
+  if e[1] == 'pending' then
+    r = {{1, ''}}
+    redis.call('hset', entry, 'state', state, 'updated_at', now, fld, value)
+    redis.call('expire', entry, ttl)
+    table.insert(done, key)
+    redis.call('xadd', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'key', key, 'state', state,
+      'rule_id', e[2] or '', 'conversation_id', e[3] or '', 'attempts', e[4] or '0',
+      fld, value, 'at', now)
+    local applied = ARGV[b + 5] == '1'
+    if e[5] then
+      if applied then redis.call('zadd', inflight .. e[5], now, key)
+      else redis.call('zrem', inflight .. e[5], key) end
+    end
+    if ARGV[b + 7] ~= '' then
+      redis.call('hset', ARGV[b + 7], ARGV[b + 8], key)
+      redis.call('expire', ARGV[b + 7], ttl)
+    end
+    if applied then
+      local nxt = e[6]
+      if nxt and redis.call('hget', prefix .. nxt, 'state') == 'waiting' then
+        -- In the re-drive set in the same script: a worker killed before it queues the next
+        -- action cannot lose it.
+        redis.call('hset', prefix .. nxt, 'state', 'pending', 'updated_at', now)
+        redis.call('zadd', KEYS[1], ARGV[6], nxt)
+        r = {{1, nxt}}
+      end
+    else
+      for _, k in ipairs(cascade(entry, prefix, inflight, now, ttl, ARGV[b + 6], KEYS[2], maxlen)) do
+        table.insert(r, k)
+      end
+    end
   end
-  return {1, ''}
+  out[i + 1] = r
 end
-local out = {1, ''}
-for _, k in ipairs(cascade(KEYS[1], ARGV[9], ARGV[10], ARGV[3], ARGV[4], ARGV[12], KEYS[3], ARGV[7])) do
-  table.insert(out, k)
-end
+for j = 1, #done, 1000 do redis.call('zrem', KEYS[1], unpack(done, j, math.min(j + 999, #done))) end
 return out
 """
 )
@@ -423,8 +462,8 @@ class Ledger:
         self.max_redrives = max_redrives
         self._audit_maxlen = audit_maxlen
         self._claim_firing = client.register_script(_CLAIM_FIRING)
-        self._begin = client.register_script(_BEGIN_ATTEMPT)
-        self._finish = client.register_script(_FINISH)
+        self._begin_many = client.register_script(_BEGIN_MANY)
+        self._finish_many = client.register_script(_FINISH_MANY)
         self._due = client.register_script(_DUE_REDRIVES)
         self._reopen = client.register_script(_REOPEN)
         self._note_queued = client.register_script(_NOTE_QUEUED)
@@ -500,12 +539,7 @@ class Ledger:
         A verdict delivery reads back and re-checks like any attempt, but fails the
         item instead of acting (its re-drives ran out; the effect was read back first).
         """
-        at = self._now(now)
-        n, verdict = self._begin(
-            keys=[ENTRY_PREFIX + key, REDRIVE_KEY],
-            args=[key, repr(at), repr(at + self.redrive_after_s), self.ttl_s],
-        )
-        return (int(n), bool(int(verdict))) if int(n) else None
+        return self.begin_many([key], now)[0]
 
     def note_queued(self, keys: list[str], message_ref: str) -> None:
         """These pending items are now carried by broker message `message_ref` (enqueued or requeued)."""
@@ -523,18 +557,17 @@ class Ledger:
         return begun[0] if begun is not None else None
 
     def begin_many(self, keys: Sequence[str], now: datetime | None = None) -> list[tuple[int, bool] | None]:
-        """`begin` for every item of a step in one round trip (one pipeline)."""
+        """`begin` for every item of a step in one round trip (one script: a step's items begin
+        together or not at all)."""
         if not keys:
             return []
         at = self._now(now)
-        pipe = self._redis.pipeline(transaction=False)
-        for key in keys:
-            self._begin(
-                keys=[ENTRY_PREFIX + key, REDRIVE_KEY],
-                args=[key, repr(at), repr(at + self.redrive_after_s), self.ttl_s],
-                client=pipe,
-            )
-        return [(int(n), bool(int(verdict))) if int(n) else None for n, verdict in pipe.execute()]
+        flat = self._begin_many(
+            keys=[REDRIVE_KEY],
+            args=[repr(at), repr(at + self.redrive_after_s), self.ttl_s, ENTRY_PREFIX, *keys],
+        )
+        pairs = zip(flat[0::2], flat[1::2], strict=True)
+        return [(int(n), bool(int(verdict))) if int(n) else None for n, verdict in pairs]
 
     def mark_done(self, key: str, outcome: dict[str, Any] | None = None, now: datetime | None = None) -> bool:
         """Record success; False when the item was not pending (nothing changed, no audit line).
@@ -552,29 +585,35 @@ class Ledger:
     ) -> Finished:
         """Record an item's final state; the firing's next action becomes pending (and due for
         re-drive) in the same script when this one was applied, else the rest are skipped."""
-        raw = self._finish(keys=self._finish_keys(key), args=self._finish_args(key, state, detail, now))
-        return self._finished(key, state, raw)
+        return self.finish_items([(key, state, detail)], now)[0]
 
     def finish_items(
-        self, outcomes: Sequence[tuple[str, State, dict[str, Any]]], now: datetime | None = None
+        self,
+        outcomes: Sequence[tuple[str, State, dict[str, Any]]],
+        now: datetime | None = None,
+        *,
+        sent: Mapping[str, tuple[int, str]] | None = None,
     ) -> list[Finished]:
-        """`finish_item` for many items in one round trip (one pipeline of the same script)."""
+        """`finish_item` for many items in one round trip (one script: all or none).
+
+        `sent` maps an item key to the (conversation id, message id) it sent: the message
+        is attributed to the item (`worker/state/sent.py`) in the same script as its
+        outcome, so a send costs one round trip and never has one without the other."""
         if not outcomes:
             return []
-        pipe = self._redis.pipeline(transaction=False)
+        at = self._now(now)
+        args: list[Any] = [
+            repr(at), self.ttl_s, self._audit_maxlen, ENTRY_PREFIX, INFLIGHT_PREFIX,
+            repr(at + self.redrive_after_s), len(outcomes),
+        ]  # fmt: skip
         for key, state, detail in outcomes:
-            self._finish(
-                keys=self._finish_keys(key), args=self._finish_args(key, state, detail, now), client=pipe
-            )
-        return [
-            self._finished(key, state, raw)
-            for (key, state, _), raw in zip(outcomes, pipe.execute(), strict=True)
-        ]
+            conversation_id, message_id = (sent or {}).get(key, ("", ""))
+            args += self._finish_args(key, state, detail)
+            args += [f"{SENT_PREFIX}{conversation_id}" if message_id else "", message_id]
+        raw = self._finish_many(keys=[REDRIVE_KEY, AUDIT_STREAM], args=args)
+        return [self._finished(r) for r in raw]
 
-    def _finish_keys(self, key: str) -> list[str]:
-        return [ENTRY_PREFIX + key, REDRIVE_KEY, AUDIT_STREAM]
-
-    def _finish_args(self, key: str, state: State, detail: dict[str, Any], now: datetime | None) -> list[Any]:
+    def _finish_args(self, key: str, state: State, detail: dict[str, Any]) -> list[Any]:
         applied = state == "done" and detail.get("result", "done") == "done"
         if state == "failed":
             fld, value = "reason", str(detail.get("reason", "failed"))
@@ -583,26 +622,13 @@ class Ledger:
             fld, value = "outcome", json.dumps(detail, separators=(",", ":"), default=str)
             why = f"{detail.get('result', 'done')}: {detail.get('reason', '')}".rstrip(": ")
         later = {"result": "skipped", "reason": f"not run: an earlier action of the firing ({key}) {why}"}
-        at = self._now(now)
-        return [
-            key,
-            state,
-            repr(at),
-            self.ttl_s,
-            fld,
-            value,
-            self._audit_maxlen,
-            "1" if applied else "0",
-            ENTRY_PREFIX,
-            INFLIGHT_PREFIX,
-            repr(at + self.redrive_after_s),
-            json.dumps(later, separators=(",", ":")),
-        ]
+        return [key, state, fld, value, "1" if applied else "0", json.dumps(later, separators=(",", ":"))]
 
-    def _finished(self, key: str, state: State, raw: Any) -> Finished:
+    @staticmethod
+    def _finished(raw: Any) -> Finished:
+        # Execution logs each outcome (worker/execution/runs.py); nothing to log here.
         if not int(raw[0]):
             return Finished(False)
-        log.debug("firing_finished", key=key, state=state)  # execution logs the firing once
         nxt = _text(raw[1]) or None
         return Finished(True, nxt, tuple(_text(k) for k in raw[2:]))
 
