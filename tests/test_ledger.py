@@ -7,6 +7,7 @@ import pytest
 import redis
 
 from tests.support.hostile_loop import capture_logs, events
+from tests.support.redis_trips import round_trips
 from worker.clock import FakeClock
 from worker.rules.firing import firing_key, split_firing_key
 from worker.state.ledger import (
@@ -326,31 +327,6 @@ def test_the_next_action_waits_for_the_one_before(redis_client: redis.Redis, clo
     assert "not run" in last.outcome["reason"] and ledger.pending_count() == 0
 
 
-def _round_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every round trip to Redis: single commands and whole pipelines."""
-    trips: list[str] = []
-    single = redis.Redis.execute_command
-    whole = redis.client.Pipeline.execute
-    immediate = redis.client.Pipeline.immediate_execute_command
-
-    def count_single(self: redis.Redis, *args: object, **kw: object) -> object:
-        trips.append(str(args[0]))
-        return single(self, *args, **kw)  # type: ignore[arg-type]
-
-    def count_pipeline(self: redis.client.Pipeline, *args: object, **kw: object) -> object:
-        trips.append("pipeline")
-        return whole(self, *args, **kw)  # type: ignore[arg-type]
-
-    def count_immediate(self: redis.client.Pipeline, *args: object, **kw: object) -> object:
-        trips.append(str(args[0]))
-        return immediate(self, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(redis.Redis, "execute_command", count_single)
-    monkeypatch.setattr(redis.client.Pipeline, "execute", count_pipeline)
-    monkeypatch.setattr(redis.client.Pipeline, "immediate_execute_command", count_immediate)
-    return trips
-
-
 @pytest.mark.parametrize("items", [5, 50])
 def test_a_step_begins_all_of_its_items_in_constant_round_trips(
     redis_client: redis.Redis, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, items: int
@@ -360,9 +336,9 @@ def test_a_step_begins_all_of_its_items_in_constant_round_trips(
     for key in keys:
         ledger.claim(key, {})
     ledger.begin_many(keys[:1])  # scripts loaded once per process
-    trips = _round_trips(monkeypatch)
+    trips = round_trips(monkeypatch)
     assert ledger.begin_many(keys[1:]) == [(1, False)] * (items - 1)
-    assert len(trips) <= 2, trips  # one pipeline (plus a script check at most)
+    assert len(trips) == 1, trips  # one script
     for key in keys:
         ledger.mark_done(key)
     assert ledger.begin_many(keys) == [None] * items  # finished items never begin again
@@ -383,8 +359,8 @@ def test_a_bulk_call_finishes_all_of_its_items_in_constant_round_trips(
     ledger.begin_many(keys)
     assert ledger.finish_items([]) == []
     ledger.finish_items([("x:0:c#0", "done", {})])  # scripts loaded once per process
-    trips = _round_trips(monkeypatch)
+    trips = round_trips(monkeypatch)
     done = ledger.finish_items([(key, "done", {"result": "done"}) for key in keys])
-    assert len(trips) <= 2, trips  # one pipeline (plus a script check at most)
+    assert len(trips) == 1, trips  # one script
     assert [f.next_key for f in done] == [f"r:{n}:c#1" for n in range(items)]  # handed on, as finish_item
     assert all(ledger.get(key).state == "done" for key in keys)  # type: ignore[union-attr]
