@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -131,6 +132,9 @@ def note_retry(run: Run, error: ApiError) -> None:
 def _log_outcome(runs: Sequence[Run], outcome: str, detail: Mapping[str, Any]) -> None:
     # A failure is final and needs a person (the reason says why): it must not hide among
     # the info lines. Retries and skips are routine.
+    level = logging.WARNING if outcome == "failed" else logging.INFO
+    if not _enabled(level):  # skip building a line nobody reads (a step logs up to 50)
+        return
     emit = log.warning if outcome == "failed" else log.info
     first = runs[0]
     latency_ms = round((time.perf_counter() - min(run.started for run in runs)) * 1000, 1)
@@ -152,6 +156,13 @@ def _log_outcome(runs: Sequence[Run], outcome: str, detail: Mapping[str, Any]) -
         latency_ms=latency_ms,
         **detail,
     )
+
+
+def _enabled(level: int) -> bool:
+    # A stdlib-backed logger (configure_logging) knows its level; structlog's own default
+    # filters nothing, so every line is wanted.
+    check = getattr(log, "isEnabledFor", None)
+    return True if check is None else bool(check(level))
 
 
 def idempotency_key(*parts: str) -> str:

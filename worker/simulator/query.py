@@ -252,7 +252,46 @@ def _ordered(compare: Callable[[Any, Any], bool]) -> Comparator:
 
 
 def _in(field: str, stored: Any, raw: Any) -> bool:
+    if isinstance(raw, list) and len(raw) > 1 and not isinstance(stored, list):
+        # `id[$in]` of 50 ids checked on every candidate: coerce the list once per find,
+        # then one set look-up (same answers as the loop below, which remains for the rest).
+        members = _members(field, raw, type(stored))
+        if members is not None:
+            try:
+                return stored in members
+            except TypeError:  # an unhashable stored value
+                pass
     return any(_equal(field, stored, item) for item in _as_list(raw))
+
+
+# The last `$in` list seen and its members by stored type: a find checks one list on
+# every candidate record. Holding the list keeps its identity from being reused.
+_last_in: tuple[list[Any], type, frozenset[Any] | None] | None = None
+
+
+def _members(field: str, raw: list[Any], kind: type) -> frozenset[Any] | None:
+    global _last_in
+    last = _last_in
+    if last is not None and last[0] is raw and last[1] is kind:
+        return last[2]
+    members = None
+    if all(isinstance(item, str) for item in raw):
+        try:
+            members = _coerced_set(field, tuple(raw), kind)
+        except BadRequest:  # an invalid value: the loop raises it where it meets it
+            members = None
+    _last_in = (raw, kind, members)
+    return members
+
+
+@lru_cache(maxsize=256)
+def _coerced_set(field: str, items: tuple[str, ...], kind: type) -> frozenset[Any]:
+    if kind not in _COERCERS:  # None and unknown types compare with the raw text, as `coerce`
+        return frozenset(None if raw == "null" else raw for raw in items)
+    try:
+        return frozenset(None if raw == "null" else _coerce_cached(raw, kind.__name__) for raw in items)
+    except ValueError:
+        raise BadRequest(f"Invalid value for {field}: expected {kind.__name__}") from None
 
 
 OPERATORS: dict[str, Comparator] = {
