@@ -55,10 +55,10 @@ class ActionResult:
     redis_trips_per_step: float
     naive_calls: int
     naive_seconds: float
-    ours_poll_seconds: float  # poll + plan + claim (the naive script's poll: its own column)
-    naive_poll_seconds: float
     assigned_ours: int
     assigned_naive: int
+    ours_poll_seconds: float  # poll + plan + claim (the naive script's poll: its own column)
+    naive_poll_seconds: float
 
 
 def _arrive(bench: Bench, k: int) -> None:
