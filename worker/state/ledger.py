@@ -19,6 +19,13 @@ makes the next one ``pending`` and due for re-drive in the same step (the
 executor queues it at once; a worker killed in between only delays it). An
 action that ends without being applied ends the rest as skipped.
 
+A step's items begin together (``begin_many``) and finish together
+(``finish_items``), one script each: a bulk call's 50 outcomes are one round
+trip. A message step finishes each send on its own, before the next send, in one
+script that also attributes the sent message to the item (the read-back's proof,
+``inboxpilot:sent:<conversation>``, owned by `worker/state/sent.py`): a worker
+killed between two sends never sends the first again (tests/test_execution_crash.py).
+
 Redis keys (all under ``inboxpilot:``):
 
 =====================================  ======  ====================================================
