@@ -111,7 +111,7 @@ class Breakdown:
     contacts: int = 0
 
     def __str__(self) -> str:
-        return f"{self.pages} + {self.routing} + {self.messages} + {self.contacts}"
+        return f"{self.pages:,} + {self.routing:,} + {self.messages:,} + {self.contacts:,}"
 
 
 @dataclass
@@ -220,7 +220,7 @@ def resync_table(rows: Sequence[ResyncRow]) -> Table:
         )
         naive_wall = "-" if r.naive is None else _duration(r.naive / DEFAULT_RATE)
         met = "yes" if r.cold.total <= r.goal else "NO"
-        own = f"{r.after_own} ({r.own_replies} replied)"
+        own = f"{r.after_own:,} ({r.own_replies:,} replied)"
         out.add(
             r.n, r.conversations, r.goal, r.cold.total, met, str(r.cold), r.warm, own, naive,
             _duration(r.cold.total / DEFAULT_RATE), naive_wall, r.cpu_ms_per_conv, r.sim_ms_per_req,
