@@ -80,7 +80,14 @@ def finish_each(
     if not outcomes:
         return
     sent = {run.item.key: attributed for run, _, _ in outcomes} if attributed is not None else None
-    results = runtime.ledger.finish_items([_ledger_record(*o) for o in outcomes], sent=sent)
+    # One record per shared detail (a bulk call's 50 items): built and encoded once.
+    records: dict[tuple[int, str], tuple[State, dict[str, Any]]] = {}
+    entries: list[tuple[str, State, dict[str, Any]]] = []
+    for run, result, detail in outcomes:
+        made = records.get((id(detail), result)) or _ledger_record(result, detail)
+        records[(id(detail), result)] = made
+        entries.append((run.item.key, *made))
+    results = runtime.ledger.finish_items(entries, sent=sent)
     for (run, result, _), finished in zip(outcomes, results, strict=True):
         run.finished = True
         run.next_key = finished.next_key
@@ -99,10 +106,10 @@ def finish_each(
         _log_outcome(group, result, detail)
 
 
-def _ledger_record(run: Run, result: Result, detail: Mapping[str, Any]) -> tuple[str, State, dict[str, Any]]:
+def _ledger_record(result: Result, detail: Mapping[str, Any]) -> tuple[State, dict[str, Any]]:
     if result == "failed":
-        return run.item.key, "failed", {"reason": str(detail.get("reason", "failed"))[:MAX_REASON_CHARS]}
-    return run.item.key, "done", {"result": result, **detail}
+        return "failed", {"reason": str(detail.get("reason", "failed"))[:MAX_REASON_CHARS]}
+    return "done", {"result": result, **detail}
 
 
 def _count(outcomes: Sequence[Outcome]) -> None:

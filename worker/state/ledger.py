@@ -613,23 +613,31 @@ class Ledger:
             repr(at), self.ttl_s, self._audit_maxlen, ENTRY_PREFIX, INFLIGHT_PREFIX,
             repr(at + self.redrive_after_s), len(outcomes),
         ]  # fmt: skip
+        encoded: dict[int, str] = {}  # a bulk call's 50 items share one detail: encode it once
         for key, state, detail in outcomes:
             conversation_id, message_id = (sent or {}).get(key, ("", ""))
-            args += self._finish_args(key, state, detail)
+            args += self._finish_args(key, state, detail, encoded)
             args += [f"{SENT_PREFIX}{conversation_id}" if message_id else "", message_id]
         raw = self._finish_many(keys=[REDRIVE_KEY, AUDIT_STREAM], args=args)
         return [self._finished(r) for r in raw]
 
-    def _finish_args(self, key: str, state: State, detail: dict[str, Any]) -> list[Any]:
+    def _finish_args(
+        self, key: str, state: State, detail: dict[str, Any], encoded: dict[int, str]
+    ) -> list[Any]:
         applied = state == "done" and detail.get("result", "done") == "done"
         if state == "failed":
             fld, value = "reason", str(detail.get("reason", "failed"))
             why = f"failed: {value}"
         else:
-            fld, value = "outcome", json.dumps(detail, separators=(",", ":"), default=str)
+            fld = "outcome"
+            value = encoded.get(id(detail)) or json.dumps(detail, separators=(",", ":"), default=str)
+            encoded[id(detail)] = value
             why = f"{detail.get('result', 'done')}: {detail.get('reason', '')}".rstrip(": ")
-        later = {"result": "skipped", "reason": f"not run: an earlier action of the firing ({key}) {why}"}
-        return [key, state, fld, value, "1" if applied else "0", json.dumps(later, separators=(",", ":"))]
+        later = ""  # the later actions' outcome, only read when this action was not applied
+        if not applied:
+            reason = f"not run: an earlier action of the firing ({key}) {why}"
+            later = json.dumps({"result": "skipped", "reason": reason}, separators=(",", ":"))
+        return [key, state, fld, value, "1" if applied else "0", later]
 
     @staticmethod
     def _finished(raw: Any) -> Finished:
