@@ -86,13 +86,22 @@ class Settings(BaseSettings):
         default=200,
         ge=1,
         le=100_000,
-        description="Pages one poll or resync tick reads at most; the rest waits for the next tick.",
+        description="Pages one incremental poll reads at most; the rest waits for the next poll.",
     )
     poll_max_tick_s: float = Field(
         default=60.0,
         ge=1,
         le=3600,
-        description="Seconds one poll or resync tick pages at most; it ends at a page boundary.",
+        description="Seconds one incremental poll pages at most; it ends at a page boundary.",
+    )
+    resync_max_pages: int = Field(
+        default=100_000,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "Pages one resync run reads at most (it also stops at 90% of the resync interval); "
+            "the next run resumes after the last conversation read."
+        ),
     )
     rules_path: Path = Field(default=Path("rules"), description="Rule file or folder.")
     rate_limit_per_s: float = Field(

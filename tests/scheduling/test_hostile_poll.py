@@ -81,7 +81,8 @@ def test_the_servers_date_caps_the_watermark(hostile: HostileHandle, redis_url: 
 def test_endless_new_ids_end_the_tick_at_the_page_bound(hostile: HostileHandle, redis_url: str) -> None:
     hostile.api.endless()
     logs = capture_logs()
-    with hostile_loop(hostile, redis_url, MATCH_OPEN, poll_max_pages=4) as (loop, collector):
+    bounds = {"poll_max_pages": 4, "resync_max_pages": 4}
+    with hostile_loop(hostile, redis_url, MATCH_OPEN, **bounds) as (loop, collector):
         report = loop.poll_once()
         assert hostile.api.count("GET", "/conversations") == 4
         # Ends at a page boundary: every page read was processed, and the watermark kept it.
@@ -122,7 +123,32 @@ def test_a_stop_request_ends_a_paging_tick_at_the_next_page(hostile: HostileHand
 
 def test_a_resync_cut_short_resumes_where_it_stopped(hostile: HostileHandle, redis_url: str) -> None:
     ids = [new_id(hostile) for _ in range(12)]
-    with hostile_loop(hostile, redis_url, MATCH_OPEN, page_size=5, poll_max_pages=2) as (loop, _):
+    with hostile_loop(hostile, redis_url, MATCH_OPEN, page_size=5, resync_max_pages=2) as (loop, _):
         first = loop.resync_once()
         second = loop.resync_once()
     assert evaluated(first) == set(ids[:10]) and evaluated(second) == set(ids[10:])
+
+
+def test_a_resync_is_not_cut_by_the_polls_page_budget(hostile: HostileHandle, redis_url: str) -> None:
+    """A pass over every open conversation fits one run: 80,000 took 8 intervals under the poll's."""
+    ids = [new_id(hostile) for _ in range(12)]
+    with hostile_loop(hostile, redis_url, MATCH_OPEN, page_size=5, poll_max_pages=1) as (loop, _):
+        assert evaluated(loop.resync_once()) == set(ids)
+
+
+def test_closes_during_a_resync_hide_no_open_conversation(hostile: HostileHandle, redis_url: str) -> None:
+    """Under $skip paging each close moved the later conversations a place back: one missed per close."""
+    ids = [new_id(hostile) for _ in range(12)]
+    with hostile_loop(hostile, redis_url, MATCH_OPEN, page_size=5) as (loop, _):
+        real = loop.poller._page
+
+        def page_then_close(*args: object, **kwargs: object) -> object:
+            read = real(*args, **kwargs)  # type: ignore[arg-type]
+            if hostile.sim.conversation(ids[0])["status"] == "open":
+                for conversation in ids[:2]:  # a person closes two after the first page was read
+                    hostile.sim.human_change(conversation, {"status": "closed"})
+            return read
+
+        loop.poller._page = page_then_close  # type: ignore[method-assign]
+        report = loop.resync_once()
+    assert evaluated(report) == set(ids)

@@ -167,7 +167,7 @@ def plan_command(
 def _open_conversations(loop: Loop) -> list[Conversation]:
     with progress("reading open conversations", None) as advance:
         opened = []
-        for page in loop.poller.open_conversations(loop.budget()):
+        for page in loop.poller.open_conversations(loop.resync_budget()):
             opened.extend(page)
             advance(len(page))
     return opened

@@ -100,7 +100,7 @@ class Poller:
         self._page_size = page_size
         self._clock: Clock = clock or SystemClock()
         self._future = Throttle(FUTURE_LOG_INTERVAL_S)
-        self._resync_skip = 0  # where a resync cut short by its budget resumes
+        self._resync_after: int | None = None  # where a resync cut short by its budget resumes
 
     def changed(self, state: WatermarkState, budget: Budget) -> Iterator[PollPage]:
         """Conversations changed at or after the watermark that it has not seen yet, a page at a time."""
@@ -127,23 +127,30 @@ class Poller:
                 skip_at_since += read.received
 
     def open_conversations(self, budget: Budget) -> Iterator[list[Conversation]]:
-        """All open conversations, a page at a time (for the full resync).
+        """All open conversations in id order, a page at a time (for the full resync).
 
-        A resync cut short by its budget resumes where it stopped on its next run.
+        Pages by id (``id[$gt]`` the last id read), not by ``$skip``: under ``$skip`` a
+        conversation closed while the pass runs moves every later one a place back, and
+        the pass would miss one open conversation per close. A resync cut short by its
+        budget resumes after the last id it read, on its next run.
         """
-        skip, self._resync_skip = self._resync_skip, 0
-        seen_ids: set[int] = set()
+        after, self._resync_after = self._resync_after, None
         while True:
-            if _ends(budget, "resync", resume_skip=skip):
-                self._resync_skip = skip
+            if _ends(budget, "resync", resume_after=after):
+                self._resync_after = after
                 return
-            read = self._page({"status": "open", "$sort": {"id": 1}}, skip, "resync", budget)
-            fresh = [c for c in read.records if c.id not in seen_ids]
-            seen_ids.update(c.id for c in fresh)
+            query: dict[str, Any] = {"status": "open", "$sort": {"id": 1}}
+            if after is not None:
+                query["id"] = {"$gt": after}
+            read = self._page(query, 0, "resync", budget)
+            fresh = [c for c in read.records if after is None or c.id > after]
             if fresh:
                 yield fresh
-            skip += read.received
+                after = max(c.id for c in fresh)
             if not read.full or _repeats(read.records, fresh, "resync", budget.pages):
+                return
+            if not read.records:  # a full page of malformed items: no id to page on from
+                log.error("resync_page_unreadable", page=budget.pages, after=after)
                 return
 
     def _page(self, query: dict[str, Any], skip: int, kind: str, budget: Budget) -> _Read:
