@@ -25,6 +25,7 @@ from worker.backtest import (
     MAX_STEPS_PER_GAP,
     Firing,
     History,
+    IdleCheck,
     Report,
     _planned,
     _waited,
@@ -65,14 +66,16 @@ rules:
     then: [{note: "still waiting"}]
 """
 MIN = timedelta(minutes=1)
+ALL_DAY_BREACH = "sla-all_day-first-response-100"
 LATENCY = timedelta(seconds=60)
 
 
 # --- the reference: the backtest before issue 14, kept here on purpose ---------------------------
 
 
-def reference_histories(api: Services, since: datetime, pauses: Mapping[int, Pauses]) -> Iterator[History]:
-    for c in api.conversations.changed_since(since):
+def reference_histories(api: Services, pauses: Mapping[int, Pauses]) -> Iterator[History]:
+    """Every conversation, changed in the window or not, each with its messages read on their own."""
+    for c in api.conversations.find():
         messages = tuple(api.messages.all_for(c.channel, c.id))
         try:
             contact = api.contacts.get(c.contact_id) if c.contact_id is not None else None
@@ -192,7 +195,13 @@ def _edge_cases(handle: SimulatorHandle) -> tuple[datetime, dict[str, int]]:
     ids["just_before"] = sim.new_conversation(channel="whatsapp")["id"]
     clock.set(since - timedelta(seconds=30))
     sim.customer_message(ids["just_before"], "still waiting")
-    sim.team_reply(ids["before"], "hello")  # its last change, before the window: not replayed
+    sim.team_reply(ids["before"], "hello")  # its last change, before the window
+    # Idle since before `since`, never answered: the all-day SLA (1 h) breaches 30 min into the
+    # window (reported) or 2 h before it (used up before the window: not reported).
+    clock.set(since - 30 * MIN)
+    ids["idle_due_in_window"] = sim.new_conversation(channel="webchat", text="anyone there?")["id"]
+    clock.set(since - 3 * 60 * MIN)
+    ids["idle_due_before"] = sim.new_conversation(channel="webchat", text="hello?")["id"]
     clock.set(since + 5 * 60 * MIN)
     sim.team_reply(ids["just_before"], "sorry", message_type="note")
     # SLA pauses (their records are passed in below) and a pause stage (13), reassigned mid-window.
@@ -250,10 +259,21 @@ def test_the_fast_backtest_gives_the_reference_report(
     def pause_reader(batch: Sequence[Conversation]) -> Mapping[int, Pauses]:
         return {c.id: recorded[c.id] for c in batch if c.id in recorded}
 
-    fast = replay(ruleset, fetch_histories(api, since, contacts=True, pauses=pause_reader), since, now)
-    histories = list(reference_histories(api, since, recorded))
+    idle_check = IdleCheck(ruleset, since, now)
+    read = list(fetch_histories(api, since, contacts=True, pauses=pause_reader, idle=idle_check))
+    fast = replay(ruleset, read, since, now)
+    histories = list(reference_histories(api, recorded))
     reference = reference_replay(ruleset, histories, since, now)
     assert fast.to_dict() == reference.to_dict()
+
+    # Idle conversations: a deadline inside the window fires there, one before it does not.
+    breaches = {(f.conversation_id, f.at) for f in fast.firings if f.rule_id == ALL_DAY_BREACH}
+    assert (ids["idle_due_in_window"], since + 30 * MIN) in breaches
+    assert ids["idle_due_before"] not in {c for c, _ in breaches}
+    idle = [h for h in read if h.idle]
+    assert idle and not any(h.messages for h in idle)  # ruled out by the record: nothing read
+    replayed_idle = {h.conversation.id for h in read if not h.idle and _unchanged(h, since)}
+    assert {f.conversation_id for f in fast.firings} & replayed_idle
 
     # The data exercises what the fast path takes shortcuts on.
     long = next(h for h in histories if h.conversation.id == ids["long"])
@@ -262,9 +282,13 @@ def test_the_fast_backtest_gives_the_reference_report(
     assert {ids["long"], ids["just_before"], ids["paused"], ids["quiet_pause"]} <= fired
     nags = [f for f in fast.firings if f.rule_id == "capped-nag" and f.conversation_id == ids["long"]]
     assert len(nags) == 2  # the cap holds: 30 of its customer messages waited longer than 5 min
-    assert ids["before"] not in {h.conversation.id for h in histories}
     assert len(fast.firings) > 100 and fast.breaches() and len(fast.per_rule()) > 5
     unpaused = replay(
         ruleset, [History(h.conversation, h.messages, h.contact) for h in histories], since, now
     )
     assert unpaused.to_dict() != fast.to_dict()  # the pauses change what fires
+
+
+def _unchanged(history: History, since: datetime) -> bool:
+    updated = utc(history.conversation.updated_at)
+    return updated is not None and updated < since

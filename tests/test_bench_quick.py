@@ -61,10 +61,13 @@ def test_read_cost_batches_reads_and_sends() -> None:
 @pytest.mark.slow
 def test_backtest_cost_reads_50_conversations_of_one_channel_per_find() -> None:
     (row,) = backtest_cost.main(QUICK)
-    assert row.replayed > 0 and row.firings > 0
-    assert row.requests["conversations"] == math.ceil(row.replayed / 50)
-    # One find per 50 conversations of a channel: at most one partly filled batch per channel (6).
-    assert row.requests["contacts"] <= math.ceil(row.replayed / 50) + 5
+    changed, whole, ruled_out = row.replayed
+    assert changed > 0 and row.firings > 0 and ruled_out > 0
+    # The changed ones, then the unchanged ones, each in pages of 50.
+    assert row.requests["conversations"] == math.ceil(changed / 50) + math.ceil((whole + ruled_out) / 50)
+    # One find per 50 conversations of a channel: at most one partly filled batch per channel (6),
+    # among the changed ones and among the unchanged ones read whole; none for those ruled out.
+    assert row.requests["contacts"] <= math.ceil(changed / 50) + 5 + math.ceil(whole / 50) + 5
     assert row.requests["other"] == 0
 
 

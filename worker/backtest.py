@@ -1,18 +1,22 @@
 """Backtest: what a rule set would have done over recent history, before it goes live.
 
 `fetch_histories` reads conversations changed since a time and all their
-messages (read-only finds); `replay` walks each conversation's history in time
-order through the real evaluator and planner and returns a `Report`.
+messages, then those unchanged since on which a rule can still fire (read-only
+finds); `replay` walks each conversation's history in time order through the
+real evaluator and planner and returns a `Report`.
 
 What is read, in Feathers queries (pages of `$limit` 50, `$skip` for the next):
 
-- the conversations: ``GET /conversations?updated_at[$gte]=<since>&$sort[updated_at]=1&$sort[id]=1``.
-  A conversation not changed since `since` is not replayed, so a time rule that
-  would have fired on it inside the window with nothing else happening (a
-  follow-up after a team reply sent before `since`, an SLA deadline falling in
-  the window) is not reported: 390 such firings beside 11,462 reported for
-  5,000 seeded conversations; reading every conversation would find them for
-  77 more requests (bench/RESULTS.md, backtest cost);
+- the conversations changed in the window:
+  ``GET /conversations?updated_at[$gte]=<since>&$sort[updated_at]=1&$sort[id]=1``;
+- then those not changed since: ``GET /conversations?updated_at[$lt]=<since>&…``. A time rule
+  fires on them inside the window with nothing else happening (a follow-up after a team reply
+  sent before `since`, an SLA deadline falling in the window: 390 firings beside 11,462 at
+  5,000 seeded). Their state stands still since their last event, so `IdleCheck` judges on the
+  record alone (three-valued `Node.settled`, due times) whether some rule can still fire anew
+  inside the window; only those are read whole and replayed like the others, the rest cost
+  nothing beyond their page (closed ones too: whether a rule fires on a closed record is the
+  rules' to say);
 - per 50 of them *of one channel*, every message:
   ``GET /conversation-messages-<channel>?conversation_id[$in][]=…&$sort[created_at]=1&$sort[_id]=1``,
   paged until the envelope's `total` is read. Grouping by channel fills the
@@ -27,8 +31,7 @@ not fire again inside the window (a rule with `once: per_conversation` that
 routed a conversation last month does not route it again today), and which
 situations fired before `since` depends on every earlier message (each is an
 evaluation instant and moves `last_inbound_at`/`last_outbound_at`). A bound
-would change the report; reading the messages of the conversations that
-changed in the window, and only those, is what this replay needs.
+would change the report.
 
 Batches are replayed as they arrive (`histories_of` is a generator), and
 `read_ahead` reads them in a background thread: the replay's CPU runs while
@@ -91,7 +94,7 @@ from worker.api.services import Services
 from worker.config import MAX_PAGE_SIZE
 from worker.rules.actions import tag_delta_words
 from worker.rules.conditions.sla import SlaCondition
-from worker.rules.context import Pauses, utc
+from worker.rules.context import EvalContext, Pauses, utc
 from worker.rules.evaluator import Evaluation, InMemoryState, Match, Snapshot, evaluate
 from worker.rules.firing import Step
 from worker.rules.model import Rule, RuleSet
@@ -117,6 +120,7 @@ class History:
     messages: tuple[Message, ...]
     contact: Contact | None = None
     pauses: Pauses = field(default_factory=dict)
+    idle: bool = False  # unchanged since `since` and ruled out by its record: nothing to replay
 
 
 @dataclass(frozen=True)
@@ -187,10 +191,55 @@ PauseReader = Callable[[Sequence[Conversation]], Mapping[int, Pauses]]
 
 
 def fetch_histories(
-    api: Services, since: datetime, *, contacts: bool = False, pauses: PauseReader | None = None
+    api: Services,
+    since: datetime,
+    *,
+    contacts: bool = False,
+    pauses: PauseReader | None = None,
+    idle: IdleCheck | None = None,
 ) -> Iterator[History]:
-    """Conversations changed since `since`, each with every message and the recorded pauses."""
-    return histories_of(api, api.conversations.changed_since(since), contacts=contacts, pauses=pauses)
+    """Conversations changed since `since`, each with every message and the recorded pauses;
+    with `idle`, then those unchanged since, whole only where `idle` says a rule may fire."""
+    yield from histories_of(api, api.conversations.changed_since(since), contacts=contacts, pauses=pauses)
+    if idle is not None:
+        yield from idle_histories(api, unchanged_since(api, since), idle, contacts=contacts, pauses=pauses)
+
+
+def unchanged_since(api: Services, since: datetime) -> Iterator[Conversation]:
+    """Conversations not changed since `since` (``updated_at[$lt]``, pages of 50, oldest first).
+    Closed ones too: whether a rule can fire on a closed record is the rules' to say (`IdleCheck`)."""
+    return api.conversations.find({"updated_at": {"$lt": since}}, sort={"updated_at": 1, "id": 1})
+
+
+def idle_histories(
+    api: Services,
+    conversations: Iterable[Conversation],
+    check: IdleCheck,
+    *,
+    contacts: bool = False,
+    pauses: PauseReader | None = None,
+) -> Iterator[History]:
+    """Conversations not changed since `since`: those `check` rules out come out at once without
+    messages (`History.idle`), the others with their whole history (`histories_of`)."""
+    page: list[Conversation] = []
+    candidates: list[Conversation] = []
+
+    def judge() -> Iterator[History]:
+        recorded = pauses(page) if pauses is not None and page else {}
+        for c in page:
+            mine = recorded.get(c.id, {})
+            if check.may_fire(c, mine):
+                candidates.append(c)
+            else:
+                yield History(c, (), None, mine, idle=True)
+        page.clear()
+
+    for conversation in conversations:
+        page.append(conversation)
+        if len(page) == MAX_PAGE_SIZE:
+            yield from judge()
+    yield from judge()
+    yield from histories_of(api, candidates, contacts=contacts, pauses=pauses)
 
 
 def read_ahead(histories: Iterable[T], depth: int = READ_AHEAD) -> Iterator[T]:
@@ -376,6 +425,112 @@ def events(history: History) -> list[tuple[datetime, str]]:
     return sorted(out)
 
 
+# --- conversations unchanged since `since` -----------------------------------------------------
+
+# Conditions whose record field the replay rebuilds from the messages differently from the API
+# (the API may count `unread_count` its own way): a rule using one is never ruled out unread.
+REBUILT_FIELDS = frozenset({"unread_count"})
+
+
+class IdleCheck:
+    """Whether a rule can fire inside [since, until) on a conversation unchanged since before
+    `since`, judged on its record alone (no messages, no contact).
+
+    Such a conversation's state stands still from its last event `e0` (creation, last
+    customer message, last team reply, assignment, closing) to `until`: the replay would
+    see the record itself at every instant. A rule cannot fire anew inside the window when
+
+    - it is settled False at `since` (`Node.settled`: false from then on, whatever the
+      messages and contact hold), or
+    - it is settled True at `e0` and no rule that can take one of its slots from it is
+      possible there: it fired at `e0` (an instant the replay evaluates), or its situation
+      was used before, or it is blocked for good; its situation stands still with the record,
+      so inside the window it is used up (the live worker fired it then), or
+    - it reads neither messages nor contact and its next due time from `since` is none or
+      not before `until`.
+
+    Otherwise the whole history is read and replayed. The recorded SLA pauses must stand
+    still too: a pause that starts or ends after `e0` sends the conversation to the replay.
+    """
+
+    def __init__(self, ruleset: RuleSet, since: datetime, until: datetime) -> None:
+        self.since, self.until = since, until
+        self._rules = ruleset.rules
+        order = {r.id: n for n, r in enumerate(sorted(ruleset.rules, key=lambda r: (-r.priority, r.id)))}
+        self._rivals = {
+            rule.id: tuple(other for other in ruleset.rules if order[other.id] < order[rule.id]
+                           and _slots(other) & _slots(rule))
+            for rule in ruleset.rules
+        }  # fmt: skip
+        self._record_only = {
+            rule.id for rule in ruleset.rules
+            if not any(leaf.cond.uses_messages() or leaf.cond.uses_contact() for leaf in rule.when.leaves())
+        }  # fmt: skip
+        self._unread = {
+            rule.id for rule in ruleset.rules
+            if any(leaf.cond.key in REBUILT_FIELDS for leaf in rule.when.leaves())
+        }  # fmt: skip
+
+    def may_fire(self, conversation: Conversation, pauses: Pauses) -> bool:
+        """False only when no rule can fire inside the window (see the class docstring)."""
+        e0 = frozen_from(conversation)
+        if e0 is None or e0 >= self.since or _pauses_move_after(pauses, e0):
+            return True
+        at_since = self._context(conversation, self.since, pauses)
+        at_e0 = self._context(conversation, e0, pauses)
+        return any(self._rule_may_fire(rule, at_since, at_e0) for rule in self._rules)
+
+    def _rule_may_fire(self, rule: Rule, at_since: EvalContext, at_e0: EvalContext) -> bool:
+        if rule.id in self._unread:
+            return True
+        if rule.when.settled(at_since) is False:
+            return False
+        if rule.when.settled(at_e0) is True and all(
+            rival.when.settled(at_e0) is False for rival in self._rivals[rule.id]
+        ):
+            return False
+        if rule.id in self._record_only:
+            due = rule.when.due(at_since, self.since, True)
+            return due is not None and due < self.until
+        return True
+
+    @staticmethod
+    def _context(conversation: Conversation, t: datetime, pauses: Pauses) -> EvalContext:
+        """The record as the replay rebuilds it at `t` (`Timeline.at`), without messages."""
+        last_in, last_out = utc(conversation.last_inbound_at), utc(conversation.last_outbound_at)
+        record = conversation.model_copy(
+            update={
+                "last_inbound_at": last_in,
+                "last_outbound_at": last_out,
+                "last_message_at": max((x for x in (last_in, last_out) if x), default=None),
+                "assigned_at": utc(conversation.assigned_at),
+                "updated_at": t,
+            }
+        )
+        return EvalContext(record, t, None, None, pauses_at(pauses, t))
+
+
+def frozen_from(conversation: Conversation) -> datetime | None:
+    """The conversation's last event as the replay sees it (`events`): from then on its
+    rebuilt state is its record as read now. None when the record has no time at all."""
+    times = [
+        conversation.created_at,
+        conversation.last_inbound_at,
+        conversation.last_outbound_at,
+        conversation.assigned_at,
+        conversation.updated_at if conversation.status == "closed" else None,
+    ]
+    return max((t for t in map(utc, times) if t is not None), default=None)
+
+
+def _pauses_move_after(pauses: Pauses, t: datetime) -> bool:
+    return any(a > t or (b is not None and b > t) for intervals in pauses.values() for a, b in intervals)
+
+
+def _slots(rule: Rule) -> frozenset[str]:
+    return frozenset(a.conflict_slot for a in rule.then if a.conflict_slot is not None)
+
+
 # --- replay ----------------------------------------------------------------------------------
 
 
@@ -391,7 +546,8 @@ def replay(
     report = Report(since, until, 0)
     for history in histories:
         report.conversations += 1
-        report.firings.extend(_replay_one(ruleset, history, since, until, latency))
+        if not history.idle:
+            report.firings.extend(_replay_one(ruleset, history, since, until, latency))
     report.firings.sort(key=lambda f: (f.at, f.conversation_id, f.rule_id))
     return report
 

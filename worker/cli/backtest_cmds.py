@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,15 @@ def backtest(
     """Replay recent conversations through RULES and report what would have fired (read-only)."""
     from worker.api.client import ApiClient
     from worker.api.services import Services
-    from worker.backtest import format_table, histories_of, read_ahead, replay
+    from worker.backtest import (
+        IdleCheck,
+        format_table,
+        histories_of,
+        idle_histories,
+        read_ahead,
+        replay,
+        unchanged_since,
+    )
     from worker.rules.durations import DurationError, parse_duration
     from worker.rules.loader import load_rules
 
@@ -54,9 +63,15 @@ def backtest(
     # An API failure ends the command through worker.cli.failures (one line, exit 3).
     pauses = _pause_reader(settings, ruleset, now)
     changed = list(track(api.conversations.changed_since(start), "reading changed conversations", None))
-    found = histories_of(api, changed, contacts=ruleset.needs_contact, pauses=pauses)
+    unchanged = list(track(unchanged_since(api, start), "reading unchanged conversations", None))
+    contacts = ruleset.needs_contact
+    found = chain(
+        histories_of(api, changed, contacts=contacts, pauses=pauses),
+        # Time rules fire on them too; only those a rule can fire on in the window are read whole.
+        idle_histories(api, unchanged, IdleCheck(ruleset, start, now), contacts=contacts, pauses=pauses),
+    )
     # Replayed as read: the reading runs ahead in a thread, the replay's CPU between requests.
-    histories = track(read_ahead(found), "reading and replaying", len(changed))
+    histories = track(read_ahead(found), "reading and replaying", len(changed) + len(unchanged))
     report = replay(ruleset, histories, start, now, latency=delay)
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_table(report))
 
