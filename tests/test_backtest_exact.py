@@ -202,6 +202,14 @@ def _edge_cases(handle: SimulatorHandle) -> tuple[datetime, dict[str, int]]:
     ids["idle_due_in_window"] = sim.new_conversation(channel="webchat", text="anyone there?")["id"]
     clock.set(since - 3 * 60 * MIN)
     ids["idle_due_before"] = sim.new_conversation(channel="webchat", text="hello?")["id"]
+    # Idle, and out of every shipped rule's reach (stage 13 pauses the standard SLA, owner 201 is
+    # no frontline agent): only the all-day SLA can fire. Its deadline is `since` itself, or falls
+    # 110 min into the window because a recorded pause ends inside it (see _pauses).
+    for name, start in (("idle_due_at_since", since - 60 * MIN), ("idle_paused", since - 120 * MIN)):
+        clock.set(start)
+        ids[name] = sim.new_conversation(channel="sms", pipeline_stage_id=13)["id"]
+        clock.advance(10 * MIN)
+        sim.reassign(ids[name], 201)
     clock.set(since + 5 * 60 * MIN)
     sim.team_reply(ids["just_before"], "sorry", message_type="note")
     # SLA pauses (their records are passed in below) and a pause stage (13), reassigned mid-window.
@@ -224,6 +232,7 @@ def _pauses(since: datetime, ids: dict[str, int], seeded: Sequence[Conversation]
         ids[name]: {"standard": intervals} for name in ("paused", "just_before", "long")
     }
     out[ids["quiet_pause"]] = {"all_day": [(since + 70 * MIN, since + 100 * MIN)]}
+    out[ids["idle_paused"]] = {"all_day": [(since - 110 * MIN, since + 60 * MIN)]}
     for c in seeded[::3]:  # a third of the seeded ones: paused across `since`, one still open
         out[c.id] = {"standard": [(since - 2 * 60 * MIN, since + 30 * MIN), (since + 6 * 60 * MIN, None)]}
     return out
@@ -270,6 +279,8 @@ def test_the_fast_backtest_gives_the_reference_report(
     breaches = {(f.conversation_id, f.at) for f in fast.firings if f.rule_id == ALL_DAY_BREACH}
     assert (ids["idle_due_in_window"], since + 30 * MIN) in breaches
     assert ids["idle_due_before"] not in {c for c, _ in breaches}
+    assert (ids["idle_due_at_since"], since) in breaches
+    assert (ids["idle_paused"], since + 110 * MIN) in breaches
     idle = [h for h in read if h.idle]
     assert idle and not any(h.messages for h in idle)  # ruled out by the record: nothing read
     replayed_idle = {h.conversation.id for h in read if not h.idle and _unchanged(h, since)}
