@@ -51,6 +51,10 @@ calendars:
     timezone: UTC
     hours: {mon: ["00:00-24:00"], tue: ["00:00-24:00"], wed: ["00:00-24:00"], thu: ["00:00-24:00"],
             fri: ["00:00-24:00"], sat: ["00:00-24:00"], sun: ["00:00-24:00"]}
+  noon:
+    timezone: UTC
+    hours: {mon: ["12:00-13:00"], tue: ["12:00-13:00"], wed: ["12:00-13:00"], thu: ["12:00-13:00"],
+            fri: ["12:00-13:00"], sat: ["12:00-13:00"], sun: ["12:00-13:00"]}
 sla_policies:
   all_day:
     calendar: all_day
@@ -59,6 +63,22 @@ sla_policies:
       - at: 100%
         then: [{note: "late, around the clock"}]
 rules:
+  # On a closed conversation: hold-closed-young holds the owner slot until it is 6 h old, then
+  # take-closed wins it at the next instant the replay evaluates (a due time of noon-note).
+  - id: hold-closed-young
+    priority: 90
+    when: {status: closed, age: {shorter_than: 6h}}
+    then: [{assign: 101}]
+  - id: take-closed
+    priority: 80
+    when: {status: closed, channel: messenger}
+    then: [{assign: 102}]
+  - id: noon-note
+    when: {status: closed, in_business_hours: noon}
+    then: [{note: "closed, seen at noon"}]
+  - id: closed-2h
+    when: {status: closed, age: {longer_than: 2h}}
+    then: [{note: "closed, 2 h old"}]
   - id: capped-nag
     once: per_inbound_message
     max_per_conversation: 2
@@ -210,6 +230,12 @@ def _edge_cases(handle: SimulatorHandle) -> tuple[datetime, dict[str, int]]:
         ids[name] = sim.new_conversation(channel="sms", pipeline_stage_id=13)["id"]
         clock.advance(10 * MIN)
         sim.reassign(ids[name], 201)
+    # Closed before `since` at noon: every rule that fires on it fires before the window but
+    # take-closed, which wins the owner slot at the next noon (inside the window). `since` is 09:00.
+    clock.set(since - 22 * 60 * MIN)
+    ids["idle_closed"] = sim.new_conversation(channel="messenger")["id"]
+    clock.advance(90 * MIN)
+    sim.human_change(ids["idle_closed"], {"status": "closed"})
     clock.set(since + 5 * 60 * MIN)
     sim.team_reply(ids["just_before"], "sorry", message_type="note")
     # SLA pauses (their records are passed in below) and a pause stage (13), reassigned mid-window.
@@ -281,6 +307,8 @@ def test_the_fast_backtest_gives_the_reference_report(
     assert ids["idle_due_before"] not in {c for c, _ in breaches}
     assert (ids["idle_due_at_since"], since) in breaches
     assert (ids["idle_paused"], since + 110 * MIN) in breaches
+    took = [(f.conversation_id, f.at) for f in fast.firings if f.rule_id == "take-closed"]
+    assert (ids["idle_closed"], since + 3 * 60 * MIN) in took  # no rule but take-closed can fire anew
     idle = [h for h in read if h.idle]
     assert idle and not any(h.messages for h in idle)  # ruled out by the record: nothing read
     replayed_idle = {h.conversation.id for h in read if not h.idle and _unchanged(h, since)}
