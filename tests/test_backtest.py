@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from worker.api.client import ApiClient
 from worker.api.errors import NotFound
 from worker.api.services import Services
-from worker.backtest import Report, fetch_histories, format_table, read_ahead, replay
+from worker.backtest import IdleCheck, Report, fetch_histories, format_table, read_ahead, replay
 from worker.cli import app
 from worker.config import load_settings
 from worker.rules.loader import load_texts
@@ -218,3 +220,44 @@ def test_read_ahead_stops_reading_when_the_replay_stops() -> None:
     ahead.close()
     assert len(read) <= 3 + 5 + 1  # no further than its depth
     assert not [t for t in threading.enumerate() if t.name == "backtest-read-ahead"]  # and it ended
+
+
+class _AfterFirstPage(httpx.BaseTransport):
+    """Loopback HTTP that runs `hook` once, right after the first page of unchanged conversations."""
+
+    def __init__(self, hook: Callable[[], None]) -> None:
+        self._inner = httpx.HTTPTransport()
+        self._hook: Callable[[], None] | None = hook
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self._inner.handle_request(request)
+        hook, keys = self._hook, {key for key, _ in httpx.QueryParams(request.url.query).multi_items()}
+        if hook is not None and "updated_at[$lt]" in keys:
+            self._hook = None
+            response.read()
+            hook()
+        return response
+
+
+def test_a_conversation_that_changes_while_the_unchanged_ones_are_read_hides_none_and_counts_once(
+    simulator: SimulatorHandle,
+) -> None:
+    sim, clock = simulator.sim, simulator.clock
+    old = [sim.new_conversation(channel="webchat")["id"] for _ in range(120)]  # 3 pages, unchanged
+    clock.advance(timedelta(days=2))
+    since, now = clock.now() - timedelta(days=1), clock.now()
+    ruleset = load_texts([("t.yaml", RULES)], strict=True).ruleset
+
+    def customer_writes_again() -> None:  # the first of the first page leaves the unchanged set
+        sim.customer_message(old[0], "back again")
+
+    settings = load_settings(api_url=simulator.url, api_token=simulator.token)
+    client = ApiClient.from_settings(settings, clock=clock, transport=_AfterFirstPage(customer_writes_again))
+    try:
+        read = list(fetch_histories(Services(client), since, idle=IdleCheck(ruleset, since, now)))
+    finally:
+        client.close()
+    times = Counter(h.conversation.id for h in read)
+    assert set(times) == set(old) and set(times.values()) == {1}  # none skipped, none twice
+    (again,) = (h for h in read if h.conversation.id == old[0])
+    assert not again.idle and again.messages[-1].message_text == "back again"  # as it is now

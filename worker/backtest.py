@@ -90,7 +90,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from worker.api.models import Contact, Conversation, Message
-from worker.api.services import Services
+from worker.api.services import CONVERSATIONS, Services
 from worker.config import MAX_PAGE_SIZE
 from worker.rules.actions import tag_delta_words
 from worker.rules.conditions.sla import SlaCondition
@@ -199,16 +199,46 @@ def fetch_histories(
     idle: IdleCheck | None = None,
 ) -> Iterator[History]:
     """Conversations changed since `since`, each with every message and the recorded pauses;
-    with `idle`, then those unchanged since, whole only where `idle` says a rule may fire."""
-    yield from histories_of(api, api.conversations.changed_since(since), contacts=contacts, pauses=pauses)
+    with `idle`, then those unchanged since, whole only where `idle` says a rule may fire.
+
+    The unchanged ones are listed first: one that changes meanwhile is then found by the
+    changed pass and replayed from there only (listed after, it would be in neither)."""
+    unchanged = list(unchanged_since(api, since)) if idle is not None else []
+    changed: set[int] = set()
+
+    def noted(conversations: Iterable[Conversation]) -> Iterator[Conversation]:
+        for c in conversations:
+            changed.add(c.id)
+            yield c
+
+    found = noted(api.conversations.changed_since(since))
+    yield from histories_of(api, found, contacts=contacts, pauses=pauses)
     if idle is not None:
-        yield from idle_histories(api, unchanged_since(api, since), idle, contacts=contacts, pauses=pauses)
+        still = [c for c in unchanged if c.id not in changed]
+        yield from idle_histories(api, still, idle, contacts=contacts, pauses=pauses)
 
 
 def unchanged_since(api: Services, since: datetime) -> Iterator[Conversation]:
-    """Conversations not changed since `since` (``updated_at[$lt]``, pages of 50, oldest first).
-    Closed ones too: whether a rule can fire on a closed record is the rules' to say (`IdleCheck`)."""
-    return api.conversations.find({"updated_at": {"$lt": since}}, sort={"updated_at": 1, "id": 1})
+    """Conversations not changed since `since` (``updated_at[$lt]``), in pages of 50 by id, each
+    page after the last id read (``id[$gt]``): one that changes during the pass leaves the set
+    without shifting the pages behind it (as `$skip` would), and the changed pass, read after,
+    finds it. Closed ones too: whether a rule fires on a closed record is the rules' (`IdleCheck`)."""
+    client, last = api.client, None
+    while True:
+        query: dict[str, Any] = {
+            "organization_id": client.organization_id,
+            "updated_at": {"$lt": since},
+            "$sort": {"id": 1},
+            "$limit": MAX_PAGE_SIZE,
+        }
+        if last is not None:
+            query["id"] = {"$gt": last}
+        page = client.find_page(CONVERSATIONS, query)
+        ids = [i for record in page.data if isinstance(i := record.get("id"), int)]
+        yield from client.parse_records(Conversation, page.data, CONVERSATIONS)
+        if not ids or page.total <= len(page.data):
+            return  # `total` counts what is left after `last`: this page held it all
+        last = max(ids)
 
 
 def idle_histories(

@@ -62,8 +62,11 @@ def backtest(
     api = Services(ApiClient.from_settings(settings))
     # An API failure ends the command through worker.cli.failures (one line, exit 3).
     pauses = _pause_reader(settings, ruleset, now)
-    changed = list(track(api.conversations.changed_since(start), "reading changed conversations", None))
+    # Unchanged first: one that changes meanwhile is then among the changed ones (see unchanged_since).
     unchanged = list(track(unchanged_since(api, start), "reading unchanged conversations", None))
+    changed = list(track(api.conversations.changed_since(start), "reading changed conversations", None))
+    seen = {c.id for c in changed}
+    unchanged = [c for c in unchanged if c.id not in seen]
     contacts = ruleset.needs_contact
     found = chain(
         histories_of(api, changed, contacts=contacts, pauses=pauses),
