@@ -35,7 +35,7 @@ from worker.execution.policy import left_for_redrive
 from worker.runtime import Runtime
 from worker.scheduling.tick import Loop
 from worker.simulator.testing import SimulatorHandle
-from worker.state.api_pause import FAILURE_THRESHOLD, PAUSE_KEY, SharedPause
+from worker.state.api_pause import FAILURE_THRESHOLD, PAUSE_KEY, REFRESH_S, SharedPause
 
 EMPTY_PAGE = {"total": 0, "limit": 50, "skip": 0, "data": []}
 URL = "http://api.test"
@@ -118,6 +118,41 @@ def test_500s_alone_do_not_pause(redis_client: redis.Redis) -> None:
         with pytest.raises(GeneralError):
             a.find_page("/conversations")
     assert redis_client.get(PAUSE_KEY) is None
+
+
+class Ticks:
+    """An injected monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_pause_set_elsewhere_is_honoured_within_the_refresh_bound(redis_client: redis.Redis) -> None:
+    clock, ticks = FakeClock(), Ticks()
+    here = SharedPause(redis_client, clock, monotonic=ticks)
+    elsewhere = SharedPause(redis_client, clock)
+    assert here.wait_s() == 0  # read the key: no pause
+
+    elsewhere.pause(30, "rate_limited")
+    ticks.now = REFRESH_S * 0.9
+    assert here.wait_s() == 0  # the key is not read again inside the bound (the CPU saved)
+    ticks.now = REFRESH_S
+    assert here.wait_s() == pytest.approx(30)  # honoured once the bound is reached
+
+
+def test_a_pause_set_here_holds_here_at_once_even_without_redis(redis_client: redis.Redis) -> None:
+    clock, ticks = FakeClock(), Ticks()
+    here = SharedPause(redis_client, clock, monotonic=ticks)
+    assert here.wait_s() == 0
+    here.observe(429, 5.0)
+    assert here.wait_s() == pytest.approx(5)  # no refresh needed for our own 429
+
+    broken = SharedPause(redis.Redis(port=1, socket_connect_timeout=0.1), clock, monotonic=ticks)
+    broken.observe(429, 5.0)  # Redis refused the shared pause ...
+    assert broken.wait_s() == pytest.approx(5)  # ... this process still holds off
 
 
 def test_outage_errors_leave_dead_letters_for_the_redrive() -> None:

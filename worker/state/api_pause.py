@@ -16,6 +16,11 @@ A 500 is not counted: it usually belongs to one request, not to the API. The
 pause is advisory: when Redis is unreachable it reads as "no pause" (and the
 worker is not acting anyway without its ledger).
 
+Each process reads the key at most once per ``REFRESH_S`` (not before every
+request: that GET was about a tenth of a send's CPU), so a pause set by another
+process is honoured within ``REFRESH_S``; a pause this process sets holds here
+at once, even when Redis did not take it.
+
 Redis keys:
 
 ================================  ======  ================================================
@@ -30,6 +35,9 @@ key                               type    content / TTL
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import redis
 
 from worker.clock import Clock, to_epoch
@@ -41,6 +49,8 @@ FAILURE_THRESHOLD = 5
 FAILURE_WINDOW_S = 30
 BASE_PAUSE_S = 1.0
 MAX_PAUSE_S = 60.0
+# How stale this process's view of another process's pause may be.
+REFRESH_S = 0.05
 UNAVAILABLE = frozenset({0, 502, 503, 504})
 
 log = get_logger(__name__)
@@ -65,9 +75,13 @@ class SharedPause:
         threshold: int = FAILURE_THRESHOLD,
         base_s: float = BASE_PAUSE_S,
         max_s: float = MAX_PAUSE_S,
+        refresh_s: float = REFRESH_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if threshold < 1 or base_s <= 0 or max_s < base_s:
             raise ValueError("SharedPause needs threshold >= 1 and 0 < base_s <= max_s")
+        if refresh_s < 0:
+            raise ValueError(f"SharedPause needs refresh_s >= 0, got {refresh_s}")
         self._redis = client
         self._clock = clock
         self._threshold = threshold
@@ -75,15 +89,26 @@ class SharedPause:
         self._max_s = max_s
         self._extend = client.register_script(_EXTEND)
         self._failing = False  # this process saw failures: reset the counter on the next success
+        self._refresh_s = refresh_s
+        self._monotonic = monotonic
+        self._read_at: float | None = None  # monotonic time of the latest read of the key
+        self._shared_until = 0.0  # epoch s: the key's value at that read (0 = no pause)
+        self._own_until = 0.0  # epoch s: the latest pause this process set
 
     def wait_s(self) -> float:
+        now = self._monotonic()
+        if self._read_at is None or now - self._read_at >= self._refresh_s:
+            self._read_at = now  # first: the other threads keep the cached value meanwhile
+            self._shared_until = self._read_shared()
+        until = max(self._shared_until, self._own_until)
+        return max(0.0, until - to_epoch(self._clock.now()))
+
+    def _read_shared(self) -> float:
         try:
             raw = self._redis.get(PAUSE_KEY)
         except redis.RedisError:
             return 0.0
-        if raw is None:
-            return 0.0
-        return max(0.0, float(raw) - to_epoch(self._clock.now()))
+        return 0.0 if raw is None else float(raw)
 
     def observe(self, status: int, retry_after_s: float | None) -> None:
         try:
@@ -101,6 +126,7 @@ class SharedPause:
         """Pause every process for `seconds` (never shortens a longer pause); True when extended."""
         seconds = min(max(seconds, 0.0), self._max_s)
         until = to_epoch(self._clock.now()) + seconds
+        self._own_until = max(self._own_until, until)
         extended = bool(self._extend(keys=[PAUSE_KEY], args=[repr(until), max(1, int(seconds * 1000))]))
         if extended:
             log.warning("api_paused", seconds=round(seconds, 3), reason=reason)
