@@ -53,3 +53,26 @@ def test_context_vars_are_merged() -> None:
     finally:
         structlog.contextvars.clear_contextvars()
     assert json.loads(stream.getvalue())["rule"] == "r1"
+
+
+class Watched(Exception):
+    """A value whose redaction is seen: scrubbing an exception renders it (`repr`)."""
+
+    rendered = 0
+
+    def __repr__(self) -> str:
+        Watched.rendered += 1
+        return "Watched()"
+
+
+def test_lines_below_the_level_are_dropped_before_redaction() -> None:
+    stream = io.StringIO()
+    configure_logging("WARNING", "json", secrets=[TOKEN], stream=stream)
+    Watched.rendered = 0
+    log = get_logger("t")
+    log.debug("api_request", detail=Watched())
+    assert Watched.rendered == 0 and stream.getvalue() == ""  # no redaction, no rendering
+
+    log.warning("api_request_failed", detail=Watched(), token=TOKEN)
+    assert Watched.rendered >= 1  # a line that is kept is still redacted
+    assert TOKEN not in stream.getvalue()

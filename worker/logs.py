@@ -2,7 +2,9 @@
 
 `configure_logging` is the one place logging is configured. Every line passes
 through `redact_secrets`, so the API token and `Authorization` headers never
-reach a log, whichever library emitted the line.
+reach a log, whichever library emitted the line. A line below the level is
+dropped first, before any redaction or rendering: the per-request debug lines
+cost next to nothing when they are not wanted.
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ def configure_logging(
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     structlog.configure(
         processors=[
+            # First: a line below the level (the per-request debug lines) costs no redaction or rendering.
+            structlog.stdlib.filter_by_level,
             *_shared_processors(),
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
