@@ -1,15 +1,22 @@
 """Benchmark 2, action cost: API calls to apply one bulk action to k matching conversations,
 inboxpilot (planner -> bulk steps -> worker.execution.execute) vs the naive one call per conversation.
 
-    python -m bench.action_cost [--quick]
+    python -m bench.action_cost [--quick] [--rate 20]
+
+`--rate R` runs both sides against an API that admits R requests/s (burst R, real clock):
+the client's default limit, 20/s, is what the real API is budgeted on.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import httpx
 
 from bench.common import (
     PAGE,
@@ -61,6 +68,29 @@ class ActionResult:
     naive_poll_seconds: float
 
 
+class PacedTransport(CountingTransport):
+    """Counts, and admits at most `rate` requests per second (burst `rate`) on the real clock:
+    an API enforcing that limit, the same for both sides (0: no limit)."""
+
+    def __init__(self, rate: float = 0.0) -> None:
+        super().__init__()
+        self.rate = rate
+        self._tokens = rate
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.rate:
+            with self._lock:
+                now = time.monotonic()
+                self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
+                self._at = now
+                wait = max(0.0, (1.0 - self._tokens) / self.rate)
+                self._tokens -= 1.0
+            time.sleep(wait)  # pacing the requests, as the rate-limited API would
+        return super().handle_request(request)
+
+
 def _arrive(bench: Bench, k: int) -> None:
     assert isinstance(bench.clock, FakeClock)
     for _ in range(k):
@@ -74,11 +104,11 @@ def _assigned(bench: Bench) -> int:
         return sum(1 for r in bench.sim.store.conversations.records.values() if r["owner_id"] == OWNER)
 
 
-def ours(k: int) -> tuple[int, int, int, float, float, int, float]:
+def ours(k: int, rate: float = 0.0) -> tuple[int, int, int, float, float, int, float]:
     """(steps, bulk calls, read-back calls, seconds executing, Redis round trips per step,
     assigned, seconds polling + planning + claiming)."""
     with served() as bench:
-        transport = CountingTransport()
+        transport = PacedTransport(rate)
         collector = Collector()
         loop = Loop(bench.runtime(ASSIGN_RULES, transport=transport), collector)
         start_watermark_now(loop, lead(loop))
@@ -98,11 +128,11 @@ def ours(k: int) -> tuple[int, int, int, float, float, int, float]:
         return steps, bulk, transport.total - bulk, seconds, per_step, _assigned(bench), poll_seconds
 
 
-def naive(k: int) -> tuple[int, float, int, float]:
+def naive(k: int, rate: float = 0.0) -> tuple[int, float, int, float]:
     """(action calls, seconds acting, conversations assigned, seconds polling) for the naive script."""
     with served() as bench:
         _arrive(bench, k)
-        poller = NaivePoller(bench.client(), bench.sim.organization_id)
+        poller = NaivePoller(bench.client(PacedTransport(rate)), bench.sim.organization_id)
         polled = time.perf_counter()
         matching = [r["id"] for r in poller.tick() if r["status"] == "open" and r["owner_id"] is None]
         poll_seconds = time.perf_counter() - polled
@@ -111,9 +141,9 @@ def naive(k: int) -> tuple[int, float, int, float]:
         return calls, time.perf_counter() - started, _assigned(bench), poll_seconds
 
 
-def measure(k: int) -> ActionResult:
-    steps, bulk, reads, seconds, trips, assigned, poll_s = ours(k)
-    naive_calls, naive_seconds, naive_assigned, naive_poll_s = naive(k)
+def measure(k: int, rate: float = 0.0) -> ActionResult:
+    steps, bulk, reads, seconds, trips, assigned, poll_s = ours(k, rate)
+    naive_calls, naive_seconds, naive_assigned, naive_poll_s = naive(k, rate)
     return ActionResult(
         k, steps, bulk, reads, seconds, trips, naive_calls, naive_seconds, assigned, naive_assigned,
         poll_s, naive_poll_s,
@@ -144,12 +174,18 @@ def table(results: Sequence[ActionResult]) -> Table:
 
 SIZES_FULL = (10, 120, 5_000)
 SIZES_QUICK = (10, 120)
+SIZES_RATED = (120, 5_000)  # the naive side takes k / rate seconds
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rate", type=float, default=0.0, help="the API admits this many requests/s")
 
 
 def main(argv: Sequence[str] | None = None) -> list[ActionResult]:
-    args = arguments(__doc__ or "", argv)
+    args = arguments(__doc__ or "", argv, _options)
     load = load_note()
-    results = [measure(k) for k in (SIZES_QUICK if args.quick else SIZES_FULL)]
+    sizes = SIZES_QUICK if args.quick else SIZES_RATED if args.rate else SIZES_FULL
+    results = [measure(k, args.rate) for k in sizes]
     notes = [
         "ours: the loop polls, plans `assign` for every match (one bulk change, chunked by 50), "
         "claims in the ledger, then `worker.execution.execute.execute` runs each step (as the actor would).",
@@ -164,6 +200,12 @@ def main(argv: Sequence[str] | None = None) -> list[ActionResult]:
         "naive: one PATCH /conversations/:id per matching conversation.",
         load + f"; at the end {os.getloadavg()[0]:.1f}",
     ]
+    if args.rate:
+        notes.insert(
+            0,
+            f"both sides against an API admitting {args.rate:g} requests/s (burst {args.rate:g}, "
+            "real clock): the client's default limit; every request counts, polls included.",
+        )
     report(
         "Action cost (benchmark 2)",
         command_line("bench.action_cost", argv),
