@@ -16,7 +16,15 @@ from typer.testing import CliRunner
 from worker.api.client import ApiClient
 from worker.api.errors import NotFound
 from worker.api.services import Services
-from worker.backtest import IdleCheck, Report, fetch_histories, format_table, read_ahead, replay
+from worker.backtest import (
+    IdleCheck,
+    Report,
+    conversation_count,
+    fetch_histories,
+    format_table,
+    read_ahead,
+    replay,
+)
 from worker.cli import app
 from worker.config import load_settings
 from worker.rules.loader import load_texts
@@ -254,6 +262,7 @@ def test_a_conversation_that_changes_while_the_unchanged_ones_are_read_hides_non
     settings = load_settings(api_url=simulator.url, api_token=simulator.token)
     client = ApiClient.from_settings(settings, clock=clock, transport=_AfterFirstPage(customer_writes_again))
     try:
+        assert conversation_count(Services(client)) == len(old)  # the progress bar's total
         read = list(fetch_histories(Services(client), since, idle=IdleCheck(ruleset, since, now)))
     finally:
         client.close()

@@ -218,6 +218,13 @@ def fetch_histories(
         yield from idle_histories(api, still, idle, contacts=contacts, pauses=pauses)
 
 
+def conversation_count(api: Services) -> int:
+    """How many conversations there are (a backtest looks at each): one ``$limit=0`` find, which
+    answers the envelope's `total` alone."""
+    query = {"organization_id": api.client.organization_id, "$limit": 0}
+    return api.client.find_page(CONVERSATIONS, query).total
+
+
 def unchanged_since(api: Services, since: datetime) -> Iterator[Conversation]:
     """Conversations not changed since `since` (``updated_at[$lt]``), in pages of 50 by id, each
     page after the last id read (``id[$gt]``): one that changes during the pass leaves the set
