@@ -7,9 +7,11 @@ real evaluator and planner and returns a `Report`.
 
 What is read, in Feathers queries (pages of `$limit` 50, `$skip` for the next):
 
+- the conversations not changed since `since`, listed first (`unchanged_since` says why):
+  ``GET /conversations?updated_at[$lt]=<since>&id[$gt]=<last id read>&$sort[id]=1``;
 - the conversations changed in the window:
-  ``GET /conversations?updated_at[$gte]=<since>&$sort[updated_at]=1&$sort[id]=1``;
-- then those not changed since: ``GET /conversations?updated_at[$lt]=<since>&…``. A time rule
+  ``GET /conversations?updated_at[$gte]=<since>&$sort[updated_at]=1&$sort[id]=1``.
+  The unchanged ones are replayed after them, those a rule can still fire on only. A time rule
   fires on them inside the window with nothing else happening (a follow-up after a team reply
   sent before `since`, an SLA deadline falling in the window: 390 firings beside 11,462 at
   5,000 seeded). Their state stands still since their last event, so `IdleCheck` judges on the
