@@ -1,7 +1,7 @@
 """Benchmark 5, end-to-end throughput: replies per second through scheduler -> Redis ->
 dramatiq workers -> simulator, beside the simulator's own ceiling measured in the same run.
 
-    python -m bench.throughput [--quick] [--no-save] [--profile PATH]
+    python -m bench.throughput [--quick] [--no-save] [--profile PATH] [--cpu-only]
     BENCH_REDIS_URL=redis://127.0.0.1:6379/14 python -m bench.throughput   # also: worker processes
 
 K conversations whose customer is waiting are created in `inboxpilot sandbox` (its
@@ -52,6 +52,7 @@ from worker.api.services import SEND_PATHS
 from worker.app import App
 from worker.config import Settings, load_settings
 from worker.execution.execute import execute
+from worker.rules.firing import Step
 from worker.runtime import Runtime
 from worker.scheduling.tick import Loop
 from worker.state.watermark import WatermarkState
@@ -288,6 +289,33 @@ def ceilings(k: int, threads: Sequence[int], seconds: float) -> list[Ceiling]:
 # --- profile --------------------------------------------------------------------------------
 
 
+def claimed_steps(setup: Scenario, app: App) -> list[Step]:
+    """Lead and poll until nothing is left, keeping the claimed steps instead of queueing them."""
+    collector = Collector()
+    loop = app.loop()
+    loop.dispatcher = collector
+    skip_seeded(loop, setup.before)
+    while loop.poll_once().conversations:
+        pass
+    return list(collector.steps)
+
+
+def worker_cpu(k: int) -> tuple[float, float]:
+    """(CPU s, wall s) per reply of executing the K claimed replies in this thread: the worker's
+    own cost per reply (no poll, no dramatiq; the simulator and Redis are other processes)."""
+    with scenario(k) as setup:
+        app = App.build(setup.settings())
+        try:
+            steps = claimed_steps(setup, app)
+            cpu, wall = time.thread_time(), time.perf_counter()
+            for step in steps:
+                execute(app.runtime, step)
+            cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+        finally:
+            app.close()
+    return cpu / k, wall / k
+
+
 def profile(k: int, path: Path) -> float:
     """Poll, then execute every step in this thread under pyinstrument; seconds per reply."""
     from pyinstrument import Profiler
@@ -363,6 +391,14 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[EndToEnd], list[Ceilin
     profile_path: Path | None = args.profile
     k = 100 if args.quick else 2_000
     load = load_note()
+    cpu_s, wall_s = worker_cpu(k)
+    cpu_note = (
+        f"worker CPU per reply (one thread executes the K claimed replies; `time.thread_time`): "
+        f"{1000 * cpu_s:.2f} ms CPU, {1000 * wall_s:.2f} ms wall, load {os.getloadavg()[0]:.1f}"
+    )
+    if args.cpu_only:
+        print(cpu_note)
+        return [], []
     runs = [end_to_end(config, k) for config in configs(args.quick)]
     runs += [end_to_end(config, k, mode="drain") for config in drain_configs(args.quick)]
     found = ceilings(k, (4,) if args.quick else (1, 4, 8), 1.0 if args.quick else 3.0)
@@ -384,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[EndToEnd], list[Ceilin
         f"{best_sim.per_s:,.0f}/s); API-mix ceiling = the same calls per reply through the worker's "
         f"client from N threads, no Redis or dramatiq (best {best_mix.per_s:,.0f} replies/s).",
     ]
+    notes.append(cpu_note)
     notes.append(load + f"; at the end {os.getloadavg()[0]:.1f}")
     if profile_path is not None:
         per_reply = profile(k, profile_path)
@@ -400,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[EndToEnd], list[Ceilin
 
 def _profile_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", type=Path, help="also profile one thread (pyinstrument text to PATH)")
+    parser.add_argument("--cpu-only", action="store_true", help="print the worker's CPU per reply only")
 
 
 if __name__ == "__main__":

@@ -60,24 +60,37 @@ class OwnWrite:
         return (self.before[0], at, at)
 
 
+# One script call per step instead of a pipeline of 3 commands per message: redis-py's
+# per-command packing was ~1 ms of worker CPU per step of 50 (0.2 ms as one call).
+_RECORD = """
+-- KEYS: one list per message   ARGV: max kept, ttl (s), then one entry per key
+local kept, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i, key in ipairs(KEYS) do
+  redis.call('rpush', key, ARGV[i + 2])
+  redis.call('ltrim', key, -kept, -1)
+  redis.call('expire', key, ttl)
+end
+return #KEYS
+"""
+
+
 class OwnWrites:
     """Records and reads the worker's own messages (see the module docstring)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
+        self._record = client.register_script(_RECORD)
 
     def record(self, items: Sequence[tuple[Conversation, Message]]) -> None:
         """After sends: each message with the state its conversation showed before it (one round trip)."""
         if not items:
             return
-        pipe = self._redis.pipeline(transaction=False)
+        keys, entries = [], []
         for conversation, message in items:
-            key = KEY_PREFIX + str(conversation.id)
+            keys.append(KEY_PREFIX + str(conversation.id))
             entry = {"before": list(message_state(conversation)), "message": _raw(message)}
-            pipe.rpush(key, json.dumps(entry, separators=(",", ":")))
-            pipe.ltrim(key, -MAX_KEPT, -1)
-            pipe.expire(key, TTL_S)
-        pipe.execute()
+            entries.append(json.dumps(entry, separators=(",", ":")))
+        self._record(keys=keys, args=[MAX_KEPT, TTL_S, *entries])
 
     def read(self, conversation_ids: Sequence[int]) -> dict[int, list[OwnWrite]]:
         """Recorded writes per conversation, oldest first (one round trip)."""
