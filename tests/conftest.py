@@ -89,10 +89,17 @@ def strict_api(request: pytest.FixtureRequest) -> bool:
     return any(part in STRICT_SUITES for part in request.node.path.parts[-3:-1])
 
 
+def qs_array_limit(request: pytest.FixtureRequest) -> int | None:
+    """`@pytest.mark.qs_array_limit(20)`: the simulator refuses longer query arrays, as qs does."""
+    marker = request.node.get_closest_marker("qs_array_limit")
+    return None if marker is None else int(marker.args[0])
+
+
 @pytest.fixture
 def simulator(clock: FakeClock, request: pytest.FixtureRequest) -> Iterator[SimulatorHandle]:
     """An empty simulator (call `.sim.seed(n)` for data) served on a free loopback port."""
-    with served_simulator(clock, SIMULATOR_TOKEN, strict=strict_api(request)) as handle:
+    options = {"strict": strict_api(request), "array_limit": qs_array_limit(request)}
+    with served_simulator(clock, SIMULATOR_TOKEN, **options) as handle:
         yield handle
 
 
@@ -104,7 +111,7 @@ from tests.support.hostile_api import HostileHandle, served_hostile_api  # noqa:
 
 
 @pytest.fixture
-def hostile(clock: FakeClock) -> Iterator[HostileHandle]:
+def hostile(clock: FakeClock, request: pytest.FixtureRequest) -> Iterator[HostileHandle]:
     """An empty simulator behind the hostile wrapper, on a free loopback port."""
-    with served_hostile_api(clock, SIMULATOR_TOKEN) as handle:
+    with served_hostile_api(clock, SIMULATOR_TOKEN, array_limit=qs_array_limit(request)) as handle:
         yield handle

@@ -267,9 +267,11 @@ class HostileHandle(SimulatorHandle):
 
 
 @contextmanager
-def served_hostile_api(clock: FakeClock, token: str) -> Iterator[HostileHandle]:
+def served_hostile_api(
+    clock: FakeClock, token: str, *, array_limit: int | None = None
+) -> Iterator[HostileHandle]:
     """A simulator on `clock` behind `HostileApi`, served on a free loopback port."""
-    sim = Simulator(clock=clock, token=token)
+    sim = Simulator(clock=clock, token=token, array_limit=array_limit)
     hostile = HostileApi(sim)
     with serve(hostile) as server:
         yield HostileHandle(url=server.url, token=token, sim=sim, clock=clock, api=hostile)

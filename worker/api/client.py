@@ -23,8 +23,10 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from worker.api.batching import ArrayLimit, Split, merge_streams, split_page, split_query
 from worker.api.errors import (
     ApiError,
+    BadRequest,
     MalformedResponse,
     RateLimited,
     TransportError,
@@ -125,6 +127,7 @@ class ApiClient:
         self._bucket = TokenBucket(rate_limit_per_s, rate_burst, self._clock)
         self._bad_records = Throttle(BAD_RECORD_LOG_INTERVAL_S)
         self._thread = threading.local()  # per thread: when its latest request left
+        self._arrays = ArrayLimit()  # the longest array a query may carry (learnt; see batching)
         # A whole answer's deadline: an answer that trickles in never trips a read timeout.
         self._answer_deadline_s = timeout_s + connect_timeout_s
         self._http = httpx.Client(
@@ -176,8 +179,49 @@ class ApiClient:
 
     # --- Feathers service methods -------------------------------------------------
 
+    @property
+    def batch_limit(self) -> int:
+        """Ids (or `$or` branches) one find may carry: 50, or 20 once the server refused more."""
+        return self._arrays.limit
+
     def find_page(self, path: str, query: Mapping[str, Any] | None = None) -> Page:
-        """One `find`: the paginated envelope, as the server sent it (it may clamp `$limit`)."""
+        """One `find`: the paginated envelope, as the server sent it (it may clamp `$limit`).
+
+        A query with an array longer than the server takes is answered from parts (see
+        `worker.api.batching`): the same page, `total` summed over the parts."""
+        if query:
+            split = split_query(query, self._arrays.limit)
+            if split is not None:
+                return self._split_page(path, query, split)
+        try:
+            return self._find_page_once(path, query)
+        except BadRequest as exc:
+            split = self._learn_array_limit(path, query, exc)
+            if split is None:
+                raise
+            return self._split_page(path, query or {}, split)
+
+    def _learn_array_limit(self, path: str, query: Mapping[str, Any] | None, exc: BadRequest) -> Split | None:
+        """The split of a query refused for its long array (the limit learnt), or None."""
+        if not query or not self._arrays.learn(query, path, exc.status or 400):
+            return None
+        return split_query(query, self._arrays.limit)
+
+    def _split_page(self, path: str, query: Mapping[str, Any], split: Split) -> Page:
+        started: list[datetime | None] = []
+
+        def fetch(part: Mapping[str, Any]) -> Page:
+            page = self._find_page_once(path, part)
+            if not started:
+                started.append(self.last_sent_at())
+            return page
+
+        page = split_page(fetch, query, split)
+        if started:  # the read is as old as its first part (a re-check measures its age by it)
+            self._thread.sent_at = started[0]
+        return page
+
+    def _find_page_once(self, path: str, query: Mapping[str, Any] | None = None) -> Page:
         answer = self._exchange("GET", path, query)
         body = answer.body
         items = body.get("data") if isinstance(body, dict) else None
@@ -220,10 +264,38 @@ class ApiClient:
             if reserved in base:
                 raise ValueError(f"find_all sets {reserved} itself; use page_size instead")
         order = _stable_sort(sort or base.pop("$sort", None), id_key)
+        split = split_query({**base, "$sort": order}, self._arrays.limit)
+        first: Page | None = None
+        if split is None:
+            try:
+                first = self._find_page_once(path, {**base, "$sort": order, "$limit": page_size, "$skip": 0})
+            except BadRequest as exc:
+                split = self._learn_array_limit(path, {**base, "$sort": order}, exc)
+                if split is None:
+                    raise
+        if split is None:
+            yield from self._walk(path, base, order, page_size, id_key, max_pages, first)
+            return
+        parts = [self._walk(path, part, order, page_size, id_key, max_pages) for part in split.parts]
+        yield from merge_streams(parts, order, id_key, union=split.union)
+
+    def _walk(
+        self,
+        path: str,
+        base: Mapping[str, Any],
+        order: Mapping[str, int],
+        page_size: int,
+        id_key: str,
+        max_pages: int,
+        first: Page | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """One un-split find, page by page (`first`: its first page, already read)."""
         seen: set[Any] = set()
         skip = pages = 0
         while True:
-            page = self.find_page(path, {**base, "$sort": order, "$limit": page_size, "$skip": skip})
+            query = {**base, "$sort": order, "$limit": page_size, "$skip": skip}
+            page = first if first is not None else self._find_page_once(path, query)
+            first = None
             fresh = 0
             for record in page.data:
                 key = record.get(id_key)

@@ -35,6 +35,13 @@ def sandbox(
         help="Serve only the documented conversation fields (no assigned_at, "
         "stage_entered_at, initiated_by).",
     ),
+    qs_array_limit: int | None = typer.Option(
+        None,
+        "--qs-array-limit",
+        min=1,
+        help="Refuse (400) a query array of more than this many items, as a Feathers server "
+        "with qs's default arrayLimit (20) does. Default: no limit.",
+    ),
 ) -> None:
     """Serve the API simulator (Feathers semantics, in memory) for demos and manual tests."""
     settings = settings_or_exit(service=True)
@@ -48,6 +55,7 @@ def sandbox(
         faults=faults,
         fault_seed=fault_seed,
         strict=strict,
+        array_limit=qs_array_limit,
     )
     sim.seed(seed, seed=rng_seed)
     # Never echo a token: a terminal's scroll-back or a CI log is not a place for one.

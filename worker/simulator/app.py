@@ -38,7 +38,7 @@ from worker.simulator.errors import (
     Unavailable,
 )
 from worker.simulator.faults import FaultConfig
-from worker.simulator.query import parse_datetime, parse_query_string
+from worker.simulator.query import ArrayTooLong, parse_datetime, parse_query_string
 from worker.simulator.services import Call, upload_signature
 from worker.simulator.store import to_wire
 
@@ -204,7 +204,11 @@ def _route(request: Request, raw: bytes) -> tuple[str, Call]:
     if operation is None:
         raise MethodNotAllowed(f"Method {request.method} not allowed on {request.url.path}")
     body = _json_body(raw) if request.method in ("POST", "PATCH") else {}
-    query = parse_query_string(request.url.query)
+    try:
+        query = parse_query_string(request.url.query, array_limit=sim.array_limit)
+    except ArrayTooLong:
+        sim.refused_arrays += 1
+        raise
     return operation, Call(id=record_id, query=query, body=body, base_url=str(request.base_url))
 
 

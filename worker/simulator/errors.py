@@ -20,7 +20,7 @@ class FeathersError(Exception):
         self,
         message: str,
         *,
-        data: dict[str, Any] | None = None,
+        data: dict[str, Any] | list[Any] | None = None,
         errors: dict[str, Any] | list[Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:

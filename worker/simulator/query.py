@@ -44,14 +44,48 @@ class FindParams:
 # --- qs-style parsing -------------------------------------------------------
 
 
-def parse_query_string(raw: str) -> dict[str, Any]:
-    """Parse `a[$gt]=1&$sort[f]=1&f[$in][]=x&$or[0][f]=v` into nested dicts and lists."""
+def parse_query_string(raw: str, *, array_limit: int | None = None) -> dict[str, Any]:
+    """Parse `a[$gt]=1&$sort[f]=1&f[$in][]=x&$or[0][f]=v` into nested dicts and lists.
+
+    `array_limit` emulates qs's `arrayLimit` (20 by default in qs; None here: no limit): qs
+    turns a longer array into an object with numeric keys, and Feathers' query validation
+    then answers 400 "must be array" (feathersjs/feathers#3399). qs's exact rule is an index
+    above the limit, or (>= 6.14.1) more items than the limit in `a[]`; this refuses any
+    array of more than `array_limit` items, the stricter of the two.
+    """
     root: dict[str, Any] = {}
     for key, value in parse_qsl(raw, keep_blank_values=True):
         _assign(root, _split_key(key), value)
     result = _listify(root)
     assert isinstance(result, dict)
+    if array_limit is not None:
+        _check_arrays(result, "", array_limit)
     return result
+
+
+class ArrayTooLong(BadRequest):
+    """A query array over the emulated qs `arrayLimit` (answered as Feathers' 400 BadRequest)."""
+
+
+def _check_arrays(node: Any, where: str, limit: int) -> None:
+    if isinstance(node, list):
+        if len(node) > limit:
+            raise ArrayTooLong(
+                "validation failed",
+                data=[
+                    {
+                        "instancePath": where,
+                        "keyword": "type",
+                        "message": "must be array",
+                        "params": {"type": "array"},
+                    }
+                ],
+            )
+        for index, item in enumerate(node):
+            _check_arrays(item, f"{where}/{index}", limit)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            _check_arrays(value, f"{where}/{key}", limit)
 
 
 def _split_key(key: str) -> list[str]:

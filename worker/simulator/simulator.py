@@ -45,6 +45,7 @@ class Simulator:
         faults: FaultConfig | None = None,
         fault_seed: int = 0,
         strict: bool = False,
+        array_limit: int | None = None,
     ) -> None:
         if not token:
             raise ValueError("Simulator needs a non-empty bearer token")
@@ -57,6 +58,12 @@ class Simulator:
         self.faults = FaultInjector(self.clock, faults, fault_seed)
         # Strict: serve only the contract's conversation fields (the worker must not need more).
         self.strict = strict
+        if array_limit is not None and array_limit < 1:
+            raise ValueError(f"array_limit must be at least 1 (or None: no limit), got {array_limit}")
+        # Longest array a query may carry, like qs's `arrayLimit` (20 in a real Feathers server);
+        # None: any length. A longer one is a 400 BadRequest, as Feathers answers it.
+        self.array_limit = array_limit
+        self.refused_arrays = 0  # queries answered 400 for an array over `array_limit`
         self._app: Starlette | None = None
 
     def __repr__(self) -> str:
