@@ -160,9 +160,11 @@ def _resync(loop: Loop, transport: CountingTransport) -> tuple[Breakdown, float,
     return split, cpu, report_.conversations
 
 
-def resync_row(n: int, naive: bool) -> ResyncRow:
+def resync_row(n: int, naive: bool, *, array_limit: int | None = None) -> ResyncRow:
+    """`array_limit`: the simulator refuses longer query arrays, as qs's default (20) does."""
     with served() as bench:
         bench.sim.seed(n)
+        bench.sim.array_limit = array_limit
         transport = CountingTransport()
         runtime = bench.runtime("", transport=transport, **SHIPPED, **WHOLE_PASS)
         loop = Loop(runtime, Collector(), dry_run=True)
