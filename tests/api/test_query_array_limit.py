@@ -135,3 +135,15 @@ def test_the_permissive_server_takes_50_in_one_find() -> None:
         assert len(api.contacts.by_ids(range(1, 51))) == 50
         assert statuses == [200]
         assert api.client.batch_limit == 50
+
+
+def test_a_bad_request_whose_parts_are_refused_too_teaches_nothing() -> None:
+    """A long array in a query refused for another reason: its first part of 20 is refused as
+    well, that 400 stands and the limit stays 50."""
+    with api_on(None) as (api, handle, statuses):
+        with pytest.raises(errors.BadRequest):
+            list(api.conversations.find({"id": {"$in": ids_of(handle)[:30]}, "$where": "1"}))
+        with pytest.raises(errors.BadRequest):
+            api.client.find_page("/conversations", {"id": {"$in": ids_of(handle)[:30]}, "$where": "1"})
+        assert statuses == [400, 400, 400, 400]
+        assert api.client.batch_limit == 50

@@ -79,26 +79,29 @@ class ArrayLimit:
     def limit(self) -> int:
         return self._limit
 
-    def learn(self, query: Mapping[str, Any], path: str, status: int) -> bool:
-        """A 400 on `query`: True when it carried an array over qs's default limit (now learnt)."""
-        long = long_arrays(query, QS_ARRAY_LIMIT)
-        if not long:
-            return False
+    def split_refused(self, query: Mapping[str, Any]) -> Split | None:
+        """After a 400 on `query`: its parts of qs's default limit, if it carried a longer array."""
+        if not long_arrays(query, QS_ARRAY_LIMIT):
+            return None
+        return split_query(query, min(self._limit, QS_ARRAY_LIMIT))
+
+    def confirm(self, query: Mapping[str, Any], path: str, status: int) -> None:
+        """The parts of a refused query went through: keep qs's default limit from now on."""
         with self._lock:
             if self._limit <= QS_ARRAY_LIMIT:
-                return True
+                return
             self._limit = QS_ARRAY_LIMIT
+        array = long_arrays(query, QS_ARRAY_LIMIT)[0]
         log.warning(
             "query_array_limit",
             limit=QS_ARRAY_LIMIT,
             path=path,
             status=status,
-            array=long[0].describe(),
-            items=len(long[0].items),
+            array=array.describe(),
+            items=len(array.items),
             reason="the server refused a query with a longer array (qs arrayLimit); "
             "finds are split into parts of at most this many items from now on",
         )
-        return True
 
 
 def long_arrays(query: Mapping[str, Any], limit: int) -> list[LongArray]:

@@ -196,16 +196,12 @@ class ApiClient:
         try:
             return self._find_page_once(path, query)
         except BadRequest as exc:
-            split = self._learn_array_limit(path, query, exc)
+            split = self._arrays.split_refused(query) if query else None
             if split is None:
                 raise
-            return self._split_page(path, query or {}, split)
-
-    def _learn_array_limit(self, path: str, query: Mapping[str, Any] | None, exc: BadRequest) -> Split | None:
-        """The split of a query refused for its long array (the limit learnt), or None."""
-        if not query or not self._arrays.learn(query, path, exc.status or 400):
-            return None
-        return split_query(query, self._arrays.limit)
+            page = self._split_page(path, query or {}, split)  # a part refused as well: its 400 stands
+            self._arrays.confirm(query or {}, path, exc.status or 400)
+            return page
 
     def _split_page(self, path: str, query: Mapping[str, Any], split: Split) -> Page:
         started: list[datetime | None] = []
@@ -264,20 +260,39 @@ class ApiClient:
             if reserved in base:
                 raise ValueError(f"find_all sets {reserved} itself; use page_size instead")
         order = _stable_sort(sort or base.pop("$sort", None), id_key)
-        split = split_query({**base, "$sort": order}, self._arrays.limit)
-        first: Page | None = None
-        if split is None:
-            try:
-                first = self._find_page_once(path, {**base, "$sort": order, "$limit": page_size, "$skip": 0})
-            except BadRequest as exc:
-                split = self._learn_array_limit(path, {**base, "$sort": order}, exc)
-                if split is None:
-                    raise
-        if split is None:
-            yield from self._walk(path, base, order, page_size, id_key, max_pages, first)
+        whole = {**base, "$sort": order}
+        split = split_query(whole, self._arrays.limit)
+        if split is not None:
+            yield from self._merged(path, split, order, page_size, id_key, max_pages)
             return
-        parts = [self._walk(path, part, order, page_size, id_key, max_pages) for part in split.parts]
-        yield from merge_streams(parts, order, id_key, union=split.union)
+        try:
+            first = self._find_page_once(path, {**whole, "$limit": page_size, "$skip": 0})
+        except BadRequest as exc:
+            split = self._arrays.split_refused(whole)
+            if split is None:
+                raise
+            first = self._find_page_once(path, {**split.parts[0], "$limit": page_size, "$skip": 0})
+            self._arrays.confirm(whole, path, exc.status or 400)
+            yield from self._merged(path, split, order, page_size, id_key, max_pages, first)
+            return
+        yield from self._walk(path, base, order, page_size, id_key, max_pages, first)
+
+    def _merged(
+        self,
+        path: str,
+        split: Split,
+        order: Mapping[str, int],
+        page_size: int,
+        id_key: str,
+        max_pages: int,
+        first: Page | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """A split find: each part paged on its own, merged as the one find would list them."""
+        streams = [
+            self._walk(path, part, order, page_size, id_key, max_pages, first if index == 0 else None)
+            for index, part in enumerate(split.parts)
+        ]
+        yield from merge_streams(streams, order, id_key, union=split.union)
 
     def _walk(
         self,
