@@ -415,7 +415,8 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[EndToEnd], list[Ceilin
         "begin, GET the conversations (`id[$in]`) and their messages (one `$or` find: re-check and "
         "read-back), then per reply the rule re-check, POST send, and one ledger script (its outcome "
         "and the message's attribution, durable before the next send): about 1 + 2/50 API calls and "
-        "2 Redis round trips per reply (the ledger write and the API gate's shared-pause check).",
+        "1 Redis round trip per reply (the ledger write; the API gate reads the shared pause at most "
+        "every 50 ms per process, and a step records its own writes in one script).",
         "sim send ceiling = raw POSTs to the send endpoint from N threads (best "
         f"{best_sim.per_s:,.0f}/s); API-mix ceiling = the same calls per reply through the worker's "
         f"client from N threads, no Redis or dramatiq (best {best_mix.per_s:,.0f} replies/s).",
