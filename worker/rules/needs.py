@@ -52,7 +52,8 @@ class ReadNeeds:
     """Judges, per conversation, which reads some rule of `ruleset` can still use."""
 
     def __init__(self, ruleset: RuleSet) -> None:
-        self._rules = tuple(
+        self.ruleset = ruleset
+        every = (
             _RuleReads(
                 rule,
                 any(leaf.cond.uses_messages() for leaf in rule.when.leaves()),
@@ -60,7 +61,7 @@ class ReadNeeds:
             )
             for rule in ruleset.rules
         )
-        self._rules = tuple(r for r in self._rules if r.messages or r.contact or r.rule.once in MESSAGE_KEYS)
+        self._rules = tuple(r for r in every if r.messages or r.contact or r.rule.once in MESSAGE_KEYS)
 
     def of(self, conversation: Conversation, now: datetime, pauses: Pauses = NO_PAUSES) -> Reads:
         ctx = EvalContext(conversation, now, None, None, pauses)

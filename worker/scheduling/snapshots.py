@@ -191,8 +191,7 @@ class _Wanted:
     messages: Sequence[Conversation]
     contacts: Sequence[Conversation]
 
-    def only_needed(self, ruleset: RuleSet, now: datetime, pauses: Mapping[int, Pauses]) -> _Wanted:
-        needs = ReadNeeds(ruleset)
+    def only_needed(self, needs: ReadNeeds, now: datetime, pauses: Mapping[int, Pauses]) -> _Wanted:
         records = {c.id: c for c in (*self.messages, *self.contacts)}
         reads = {cid: needs.of(c, now, pauses.get(cid, NO_PAUSES)) for cid, c in records.items()}
         return _Wanted(
@@ -216,6 +215,14 @@ class SnapshotReader:
         self.pauses = pauses
         self.cache = cache
         self.own_writes = own_writes
+        self._needs: ReadNeeds | None = None  # the latest rule set's, worked out once
+
+    def _read_needs(self, ruleset: RuleSet) -> ReadNeeds:
+        """`ReadNeeds` of `ruleset`, built once per rule set (a reload makes a new one), not per tick."""
+        needs = self._needs
+        if needs is None or needs.ruleset is not ruleset:
+            needs = self._needs = ReadNeeds(ruleset)
+        return needs
 
     def read(
         self,
@@ -256,7 +263,7 @@ class SnapshotReader:
             conversations if (ruleset.needs_contact if contacts is None else contacts) else (),
         )
         if only_needed:
-            wanted = wanted.only_needed(ruleset, now, pauses)
+            wanted = wanted.only_needed(self._read_needs(ruleset), now, pauses)
         how = _MessageRead(fail, since or {}, ruleset.reads_customer_text)
         found = self._messages(wanted.messages, how) if wanted.messages else {}
         people = self._contacts(wanted.contacts, fail, refresh_contacts) if wanted.contacts else {}
